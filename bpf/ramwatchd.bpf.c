@@ -1,0 +1,356 @@
+/* ramwatchd's kernel side, compiled by bcc at start-up.
+ *
+ * Reads only tracepoint arguments, perf-event data and user memory: the kernel
+ * headers on our hosts may not match the running kernel, so no kernel struct
+ * is ever dereferenced here.
+ *
+ * Build-time knobs (-D from ramwatchd/probes.py):
+ *   FOLLOW_CHILDREN        trace children of traced processes as they fork
+ *   RSS_STEP_BYTES         emit EV_RSS_STEP when a process's RSS moves this much
+ *   MIN_SYSCALL_BYTES      smaller mmap/munmap/mremap/madvise calls are not sent
+ *   FAULT_REGION_SHIFT     fault samples are counted per (tgid, addr >> shift)
+ *   PAGE_BYTES             the page size
+ *   HAVE_EXIT_GROUP_DEAD   sched_process_exit has group_dead (kernel >= 6.7)
+ */
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
+#include "ramwatchd.h"
+
+/* tgid -> state. Only processes in here are traced; user space seeds it. */
+BPF_HASH(traced, u32, struct proc_state, 16384);
+/* tid -> the arguments of an mm syscall between its enter and its exit. */
+BPF_HASH(inflight, u32, struct event, 4096);
+BPF_HASH(fault_samples, struct fault_key, u64, 65536);
+BPF_HASH(files, struct file_key, struct file_cache, 16384);
+BPF_PERCPU_ARRAY(stats, u64, NR_STATS);
+BPF_RINGBUF_OUTPUT(events, 256);
+
+static __always_inline void stat_inc(u32 index)
+{
+	u64 *n = stats.lookup(&index);
+	if (n)
+		(*n)++;
+}
+
+static __always_inline u32 current_tgid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+static __always_inline bool is_traced(u32 tgid)
+{
+	return traced.lookup(&tgid) != NULL;
+}
+
+/* Reserve a zeroed ring-buffer record stamped with time and task. */
+static __always_inline struct event *new_event(u32 kind)
+{
+	struct event *e = events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		stat_inc(STAT_EVENTS_LOST);
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	u64 id = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->tgid = id >> 32;
+	e->tid = (u32)id;
+	e->kind = kind;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+/* ---- RSS: exact per-member counters, peaks, and steps ------------------ */
+
+TRACEPOINT_PROBE(kmem, rss_stat)
+{
+	/* curr == 0: another mm changed (teardown, reaping); exits are
+	 * reported by sched_process_exit instead. */
+	if (!args->curr)
+		return 0;
+	u32 tgid = current_tgid();
+	struct proc_state *st = traced.lookup(&tgid);
+	if (!st)
+		return 0;
+	u32 member = args->member;
+	if (member >= NR_RSS_MEMBERS)
+		return 0;
+	st->rss[member] = args->size;
+	if (member == RSS_SWAP)
+		return 0;
+
+	u64 total = st->rss[RSS_FILE] + st->rss[RSS_ANON] + st->rss[RSS_SHMEM];
+	if (total > st->peak) {
+		st->peak = total;
+		st->peak_ns = bpf_ktime_get_ns();
+		__builtin_memcpy(st->peak_rss, st->rss, sizeof(st->rss));
+	}
+	s64 moved = total - st->last_step;
+	if (moved < RSS_STEP_BYTES && moved > -RSS_STEP_BYTES)
+		return 0;
+	st->last_step = total;
+	struct event *e = new_event(EV_RSS_STEP);
+	if (!e)
+		return 0;
+	__builtin_memcpy(e->rss, st->rss, sizeof(e->rss));
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---- mm syscalls: arguments at enter, result at exit -------------------- */
+
+static __always_inline void syscall_enter(u32 kind, u64 addr, u64 len, u64 prot,
+					  u64 flags, s32 fd)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (!is_traced(id >> 32))
+		return;
+	struct event e = {};
+	e.kind = kind;
+	e.addr = addr;
+	e.len = len;
+	e.prot = prot;
+	e.flags = flags;
+	e.fd = fd;
+	u32 tid = (u32)id;
+	if (inflight.update(&tid, &e))
+		stat_inc(STAT_INFLIGHT_FULL);
+}
+
+static __always_inline void syscall_exit(s64 ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct event *args = inflight.lookup(&tid);
+	if (!args)
+		return;
+	struct event *e = new_event(args->kind);
+	if (e) {
+		e->addr = args->addr;
+		e->len = args->len;
+		e->prot = args->prot;
+		e->flags = args->flags;
+		e->fd = args->fd;
+		e->ret = ret;
+		__builtin_memcpy(e->name, args->name, sizeof(e->name));
+		events.ringbuf_submit(e, 0);
+	}
+	inflight.delete(&tid);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
+{
+	if (args->len >= MIN_SYSCALL_BYTES)
+		syscall_enter(EV_MMAP, args->addr, args->len, args->prot, args->flags, (s32)args->fd);
+	return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_mmap) { syscall_exit(args->ret); return 0; }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
+{
+	if (args->len >= MIN_SYSCALL_BYTES)
+		syscall_enter(EV_MUNMAP, args->addr, args->len, 0, 0, -1);
+	return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_munmap) { syscall_exit(args->ret); return 0; }
+
+/* mremap: prot carries old_len, len the new length. */
+TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
+{
+	if (args->old_len >= MIN_SYSCALL_BYTES || args->new_len >= MIN_SYSCALL_BYTES)
+		syscall_enter(EV_MREMAP, args->addr, args->new_len, args->old_len, args->flags, -1);
+	return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_mremap) { syscall_exit(args->ret); return 0; }
+
+/* brk: addr is the requested break, ret the break after the call. */
+TRACEPOINT_PROBE(syscalls, sys_enter_brk)
+{
+	syscall_enter(EV_BRK, args->brk, 0, 0, 0, -1);
+	return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_brk) { syscall_exit(args->ret); return 0; }
+
+/* madvise: flags carries the advice. madvise(name, 0, MADV_NORMAL) is a
+ * no-op for the kernel and is ramwatchd's phase mark: any program can make
+ * it, with or without ramwatchd running. */
+TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
+{
+	if (args->len_in == 0 && args->behavior == 0) {
+		if (!is_traced(current_tgid()))
+			return 0;
+		struct event *e = new_event(EV_MARK);
+		if (!e)
+			return 0;
+		bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)args->start);
+		events.ringbuf_submit(e, 0);
+		return 0;
+	}
+	if (args->len_in >= MIN_SYSCALL_BYTES)
+		syscall_enter(EV_MADVISE, args->start, args->len_in, 0, args->behavior, -1);
+	return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_madvise) { syscall_exit(args->ret); return 0; }
+
+/* shmat: fd carries the shmid, flags the shmflg; ret is the address. */
+TRACEPOINT_PROBE(syscalls, sys_enter_shmat)
+{
+	syscall_enter(EV_SHMAT, (u64)args->shmaddr, 0, 0, args->shmflg, args->shmid);
+	return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_shmat) { syscall_exit(args->ret); return 0; }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_shmdt)
+{
+	syscall_enter(EV_SHMDT, (u64)args->shmaddr, 0, 0, 0, -1);
+	return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_shmdt) { syscall_exit(args->ret); return 0; }
+
+/* memfd_create: the name is read from user memory; ret is the fd. */
+TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (!is_traced(id >> 32))
+		return 0;
+	struct event e = {};
+	e.kind = EV_MEMFD_CREATE;
+	e.flags = args->flags;
+	e.fd = -1;
+	bpf_probe_read_user_str(e.name, sizeof(e.name), args->uname);
+	u32 tid = (u32)id;
+	if (inflight.update(&tid, &e))
+		stat_inc(STAT_INFLIGHT_FULL);
+	return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_memfd_create) { syscall_exit(args->ret); return 0; }
+
+/* ---- Page faults: sampled by a perf software event, counted per region -- */
+
+int on_fault_sample(struct bpf_perf_event_data *ctx)
+{
+	u32 tgid = current_tgid();
+	if (!is_traced(tgid))
+		return 0;
+	struct fault_key key = { .tgid = tgid, .region = ctx->addr >> FAULT_REGION_SHIFT };
+	u64 zero = 0;
+	u64 *n = fault_samples.lookup_or_try_init(&key, &zero);
+	if (!n) {
+		stat_inc(STAT_FAULT_REGIONS_FULL);
+		return 0;
+	}
+	__sync_fetch_and_add(n, 1);
+	return 0;
+}
+
+/* ---- Page cache filled by traced processes, per (device, inode) --------- */
+
+TRACEPOINT_PROBE(filemap, mm_filemap_add_to_page_cache)
+{
+	if (!is_traced(current_tgid()))
+		return 0;
+	struct file_key key = { .dev = args->s_dev, .ino = args->i_ino };
+	struct file_cache zero = {};
+	struct file_cache *fc = files.lookup_or_try_init(&key, &zero);
+	if (!fc) {
+		stat_inc(STAT_FILES_FULL);
+		return 0;
+	}
+	__sync_fetch_and_add(&fc->added, (u64)PAGE_BYTES << args->order);
+	return 0;
+}
+
+/* Evictions happen in any context (kswapd, truncation): match on the file. */
+TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
+{
+	struct file_key key = { .dev = args->s_dev, .ino = args->i_ino };
+	struct file_cache *fc = files.lookup(&key);
+	if (fc)
+		__sync_fetch_and_add(&fc->removed, (u64)PAGE_BYTES << args->order);
+	return 0;
+}
+
+/* ---- The process tree: fork, exec, exit, OOM ---------------------------- */
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+#ifdef FOLLOW_CHILDREN
+	u32 parent = current_tgid();
+	if (!is_traced(parent))
+		return 0;
+	/* child_pid is a thread id; for a new thread it never matches a tgid
+	 * and is deleted again when that thread exits. */
+	u32 child = args->child_pid;
+	struct proc_state fresh = {};
+	if (traced.update(&child, &fresh)) {
+		stat_inc(STAT_TRACED_FULL);
+		return 0;
+	}
+	struct event *e = new_event(EV_FORK);
+	if (!e)
+		return 0;
+	e->ret = child;
+	events.ringbuf_submit(e, 0);
+#endif
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	u32 tgid = current_tgid();
+	struct proc_state *st = traced.lookup(&tgid);
+	if (!st)
+		return 0;
+	/* A new mm: its counters start from zero. */
+	__builtin_memset(st, 0, sizeof(*st));
+	struct event *e = new_event(EV_EXEC);
+	if (!e)
+		return 0;
+	e->ret = args->old_pid;
+	TP_DATA_LOC_READ_STR(e->name, filename, sizeof(e->name));
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u32 tgid = current_tgid();
+	u32 tid = args->pid;
+#ifdef HAVE_EXIT_GROUP_DEAD
+	bool group_dead = args->group_dead;
+#else
+	bool group_dead = tid == tgid;
+#endif
+	if (tid != tgid)
+		traced.delete(&tid);
+	if (!group_dead)
+		return 0;
+	struct proc_state *st = traced.lookup(&tgid);
+	if (!st)
+		return 0;
+	struct event *e = new_event(EV_EXIT);
+	if (e) {
+		/* The state is gone after this: send the peak along. */
+		e->addr = st->peak;
+		e->len = st->peak_ns;
+		__builtin_memcpy(e->rss, st->peak_rss, sizeof(e->rss));
+		events.ringbuf_submit(e, 0);
+	}
+	traced.delete(&tgid);
+	return 0;
+}
+
+/* Always sent: an OOM kill anywhere on the node is worth knowing about.
+ * rss holds the victim's counters in bytes; name its comm. */
+TRACEPOINT_PROBE(oom, mark_victim)
+{
+	struct event *e = new_event(EV_OOM_VICTIM);
+	if (!e)
+		return 0;
+	e->ret = args->pid;
+	e->rss[RSS_FILE] = args->file_rss << 10;
+	e->rss[RSS_ANON] = args->anon_rss << 10;
+	e->rss[RSS_SHMEM] = args->shmem_rss << 10;
+	TP_DATA_LOC_READ_STR(e->name, comm, sizeof(e->name));
+	events.ringbuf_submit(e, 0);
+	return 0;
+}

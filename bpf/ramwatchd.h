@@ -1,0 +1,82 @@
+/* Structs shared by every ramwatchd BPF program and mirrored in
+ * ramwatchd/events.py (class Event) and ramwatchd/probes.py (ProcState).
+ * Change both sides together. */
+#ifndef RAMWATCHD_H
+#define RAMWATCHD_H
+
+enum event_kind {
+	EV_MMAP = 1,
+	EV_MUNMAP,
+	EV_MREMAP,
+	EV_BRK,
+	EV_MADVISE,
+	EV_SHMAT,
+	EV_SHMDT,
+	EV_MEMFD_CREATE,
+	EV_FORK,
+	EV_EXEC,
+	EV_EXIT,
+	EV_OOM_VICTIM,
+	EV_RSS_STEP,    /* a process's RSS moved by at least RSS_STEP_BYTES */
+	EV_MARK,        /* madvise(name, 0, MADV_NORMAL): a phase mark */
+};
+
+/* rss_stat's member values (its format file names them), not taken from the
+ * headers, which may be another kernel's. */
+enum { RSS_FILE, RSS_ANON, RSS_SWAP, RSS_SHMEM, NR_RSS_MEMBERS };
+
+/* One record on the ring buffer. Fields are named for mmap; other kinds
+ * reuse them as events.py documents per kind. */
+struct event {
+	u64 ts_ns;              /* CLOCK_MONOTONIC */
+	u32 tgid;
+	u32 tid;
+	u32 kind;
+	s32 fd;
+	u64 addr;
+	u64 len;
+	u64 prot;
+	u64 flags;
+	s64 ret;
+	u64 rss[NR_RSS_MEMBERS]; /* bytes, per member, after the change */
+	char comm[16];
+	char name[64];
+};
+
+/* Per traced process, kept in the kernel and read by user space. */
+struct proc_state {
+	u64 rss[NR_RSS_MEMBERS]; /* last rss_stat value per member, bytes */
+	u64 peak;                /* highest file+anon+shmem seen */
+	u64 peak_ns;
+	u64 last_step;           /* total at the last EV_RSS_STEP */
+	u64 peak_rss[NR_RSS_MEMBERS]; /* members at the peak */
+};
+
+struct file_key {
+	u32 dev;
+	u32 pad;
+	u64 ino;
+};
+
+struct file_cache {
+	u64 added;     /* bytes put in the page cache by traced processes */
+	u64 removed;   /* bytes of those files dropped from it since */
+};
+
+struct fault_key {
+	u32 tgid;
+	u32 pad;
+	u64 region;    /* fault address >> FAULT_REGION_SHIFT */
+};
+
+/* Indexes of the stats array: what the kernel side could not record. */
+enum {
+	STAT_EVENTS_LOST,       /* ring buffer full */
+	STAT_TRACED_FULL,       /* a child could not be followed */
+	STAT_FAULT_REGIONS_FULL,
+	STAT_FILES_FULL,
+	STAT_INFLIGHT_FULL,
+	NR_STATS,
+};
+
+#endif

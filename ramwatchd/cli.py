@@ -1,0 +1,209 @@
+"""The ramwatchd command: capture (--pid, run), report, doctor and demo."""
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+
+EPILOG = """\
+examples:
+  ramwatchd --pid 4121 --children --duration 60 --json engine.json
+  ramwatchd run -- python serve.py --model /models/llama
+  ramwatchd report engine.json --png engine.png
+  ramwatchd doctor
+  ramwatchd demo
+
+Memory is split into classes that add up to the kernel's VmRSS: anon_heap, anon,
+stack, file_weights, file_code, file_other, shm_posix, shm_sysv, shm_anon,
+cuda_pinned, device. Sizes accept units: 16MiB, 1.5GiB, 4096.
+"""
+
+
+class CliError(Exception):
+    """One line for the user, and exit status 1."""
+
+
+def _size(text):
+    from .units import parse_bytes
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above zero: {text!r}")
+    return value
+
+
+def _capture_options(p):
+    g = p.add_argument_group("capture")
+    g.add_argument("--duration", type=_positive, metavar="S",
+                   help="stop after S seconds (default: when the traced processes exit, or Ctrl-C)")
+    g.add_argument("--json", metavar="FILE", help="save the capture, for 'ramwatchd report FILE'")
+    g.add_argument("--png", metavar="FILE", help="also draw the timeline, stacked by class, to FILE")
+    g.add_argument("--weights", action="append", metavar="GLOB",
+                   help="file pattern counted as model weights (repeatable; default: "
+                        "*.safetensors *.bin *.pt *.pth *.gguf *.ckpt *.onnx ...)")
+    g.add_argument("--min-change", type=_size, default="8MiB", metavar="SIZE",
+                   help="smallest move of one mapping shown on the timeline (default 8MiB)")
+    g.add_argument("--rss-step", type=_size, default="16MiB", metavar="SIZE",
+                   help="the kernel reports a process's RSS each time it moves this much (default 16MiB)")
+    g.add_argument("--min-syscall", type=_size, default="1MiB", metavar="SIZE",
+                   help="smaller mmap/munmap/madvise/mremap calls are not reported (default 1MiB)")
+    g.add_argument("--fault-sample", type=int, default=64, metavar="N",
+                   help="sample one page fault in N for where faults land (default 64)")
+    g.add_argument("--spike", type=_size, default="256MiB", metavar="SIZE",
+                   help="a rise of SIZE that falls back within 100 ms is a spike (default 256MiB)")
+    g.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="ramwatchd", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Where did the host RAM go? Traces a process (tree) from the kernel and "
+                    "prints a timeline of what grew, in which class and mapping, and why.")
+    p.add_argument("--version", action="version", version=f"ramwatchd {__version__}")
+    p.add_argument("--pid", type=int, metavar="PID", help="attach to a running process")
+    p.add_argument("--children", action="store_true",
+                   help="with --pid: also trace its descendants, present and future")
+    _capture_options(p)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="start a command and capture it from its first instruction",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Start CMD under capture. Its output lines are shown in the "
+                                     "timeline and become phases; children are followed.",
+                         epilog="example: ramwatchd run --json load.json -- python load.py")
+    _capture_options(run)
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+                     help="the command to run")
+
+    report = sub.add_parser("report", help="render a saved capture again")
+    report.add_argument("file", metavar="FILE.json")
+    report.add_argument("--png", metavar="FILE", help="draw the timeline, stacked by class")
+    report.add_argument("--timeline", action="store_true", help="print the timeline too")
+
+    sub.add_parser("doctor", help="check every prerequisite and say how to fix what is missing")
+    demo = sub.add_parser("demo", help="capture a built-in workload whose allocations are known")
+    _capture_options(demo)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except CliError as err:
+        print(f"ramwatchd: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(parser, args):
+    if args.command == "doctor":
+        from .doctor import run_doctor
+        return run_doctor()
+    if args.command == "report":
+        return _report(args)
+    if args.command == "run":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            parser.error("run needs a command: ramwatchd run -- CMD ARGS")
+        return _capture(args, argv=argv)
+    if args.command == "demo":
+        return _capture(args, argv=[sys.executable, "-m", "ramwatchd.workloads", "--demo"])
+    if args.pid is None:
+        parser.error("say what to capture: --pid PID, or run -- CMD (see --help)")
+    if args.pid <= 0:
+        parser.error(f"--pid must be a process id above 0, not {args.pid}")
+    return _capture(args, pid=args.pid)
+
+
+def _report(args):
+    from .report import ReportError, load, render_summary, render_timeline
+    try:
+        result = load(args.file)
+    except ReportError as err:
+        raise CliError(str(err)) from None
+    if args.timeline:
+        print(render_timeline(result))
+    print(render_summary(result), end="")
+    if args.png:
+        _draw(result, args.png)
+    return 0
+
+
+def _draw(result, path):
+    from .plot import PlotError, draw_timeline
+    try:
+        draw_timeline(result, path)
+    except PlotError as err:
+        raise CliError(str(err)) from None
+    print(f"timeline drawn to {path}")
+
+
+def _capture(args, pid=None, argv=None):
+    from .doctor import capture_blockers
+    blockers = capture_blockers()
+    if blockers:
+        raise CliError(blockers[0] + " (run 'ramwatchd doctor' for every check)")
+    from .capture import Capture, CaptureOptions, TargetError
+    from .classes import DEFAULT_WEIGHT_PATTERNS, Classifier
+    from .probes import ProbeError, ProbeOptions
+    from .report import render_summary
+    from .timeline import format_entry, header
+
+    options = CaptureOptions(
+        children=getattr(args, "children", False) or argv is not None,
+        duration=args.duration, min_change=args.min_change,
+        spike_min_rise=args.spike,
+        probe=ProbeOptions(follow_children=getattr(args, "children", False) or argv is not None,
+                           rss_step_bytes=args.rss_step, min_syscall_bytes=args.min_syscall,
+                           fault_sample_period=max(1, args.fault_sample)),
+        classifier=Classifier(args.weights or DEFAULT_WEIGHT_PATTERNS))
+    show = (lambda e: None) if args.quiet else (lambda e: print(format_entry(e), flush=True))
+    print("ramwatchd: compiling and attaching the BPF programs...", file=sys.stderr, flush=True)
+    try:
+        cap = Capture(options, sink=show)
+        if pid is not None:
+            cap.attach_pid(pid)
+        else:
+            cap.start_command(argv)
+    except (ProbeError, TargetError) as err:
+        raise CliError(str(err)) from None
+    what = f"pid {pid}" if pid is not None else " ".join(argv)
+    print(f"ramwatchd: tracing {what}; Ctrl-C ends the capture", file=sys.stderr, flush=True)
+    if not args.quiet:
+        print(header())
+    cap.run()
+    result = cap.result()
+    print(render_summary(result), end="")
+    if args.json:
+        _save(result, args.json)
+    if args.png:
+        _draw(result, args.png)
+    if argv is not None and cap.exit_code is not None:
+        return cap.exit_code if cap.exit_code >= 0 else 128 - cap.exit_code
+    return 0
+
+
+def _save(result, path):
+    try:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+    except OSError as err:
+        raise CliError(f"cannot write {path}: {err.strerror}") from None
+    print(f"capture saved to {path} (ramwatchd report {path})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""`ramwatchd doctor`: every prerequisite of a capture, checked, with its fix."""
+import ctypes
+import os
+import platform
+from pathlib import Path
+
+from .probes import TRACEFS, ProbeError, ProbeOptions, Probes, import_bcc
+
+CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 19, 21, 38, 39
+TRACEPOINTS = ["kmem/rss_stat", "filemap/mm_filemap_add_to_page_cache",
+               "filemap/mm_filemap_delete_from_page_cache", "oom/mark_victim",
+               "sched/sched_process_fork", "sched/sched_process_exec", "sched/sched_process_exit"] + [
+    f"syscalls/sys_{side}_{name}" for name in
+    ("mmap", "munmap", "mremap", "brk", "madvise", "shmat", "shmdt", "memfd_create")
+    for side in ("enter", "exit")]
+SETUP = "run deploy/setup.sh as root"
+
+
+def _effective_caps():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges():
+    caps = _effective_caps()
+    have = lambda c: bool(caps >> c & 1)
+    bpf_ok = have(CAP_SYS_ADMIN) or (have(CAP_BPF) and have(CAP_PERFMON))
+    if bpf_ok and have(CAP_SYS_PTRACE):
+        return True, "root or CAP_BPF+CAP_PERFMON+CAP_SYS_PTRACE", ""
+    return False, "not enough privilege to load BPF programs and read other processes' /proc", \
+        "run as root (sudo), or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+
+
+def check_bpf_syscall():
+    """Create and close a one-entry BPF array map: the bpf() syscall works."""
+    attr = (ctypes.c_uint32 * 30)(2, 4, 4, 1)   # BPF_MAP_TYPE_ARRAY, key 4, value 4, 1 entry
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+    if nr is None:
+        return False, f"bpf() syscall number unknown on {platform.machine()}", "x86_64 and arm64 are supported"
+    fd = libc.syscall(nr, 0, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        return False, f"bpf() syscall failed: {os.strerror(err)}", \
+            "the kernel needs CONFIG_BPF_SYSCALL=y, and the caller CAP_BPF (or root)"
+    os.close(fd)
+    return True, "bpf() syscall", ""
+
+
+def check_btf():
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        return True, "kernel BTF at /sys/kernel/btf/vmlinux", ""
+    return None, "no kernel BTF (not needed: ramwatchd reads only tracepoint arguments)", ""
+
+
+def check_tracefs():
+    if (TRACEFS / "events").is_dir():
+        return True, f"tracefs mounted at {TRACEFS}", ""
+    return False, f"tracefs is not mounted at {TRACEFS}", f"mount -t tracefs nodev {TRACEFS}"
+
+
+def check_bcc():
+    try:
+        bcc = import_bcc()
+    except ProbeError as err:
+        return False, "bcc is not importable", str(err)
+    return True, f"bcc {getattr(bcc, '__version__', '?')} importable", ""
+
+
+def check_headers():
+    build = Path(f"/lib/modules/{platform.release()}/build")
+    try:
+        bcc = import_bcc()
+        bcc.BPF(text="TRACEPOINT_PROBE(sched, sched_process_exit) { return 0; }").cleanup()
+    except ProbeError:
+        return False, "headers not checked: bcc is missing", SETUP
+    except Exception:
+        return False, f"kernel headers at {build} do not compile a probe", SETUP
+    return True, f"kernel headers compile a probe ({build.resolve()})", ""
+
+
+def check_uprobes():
+    if (TRACEFS / "uprobe_events").exists():
+        return True, "uprobes (for the CUDA driver's host-memory calls)", ""
+    return None, "uprobes unavailable: CUDA pinned memory will not be told apart", \
+        "a kernel with CONFIG_UPROBE_EVENTS=y"
+
+
+def check_tracepoint(tp):
+    if (TRACEFS / "events" / tp / "format").exists():
+        return True, f"tracepoint {tp.replace('/', ':')}", ""
+    return False, f"tracepoint {tp.replace('/', ':')} missing", \
+        "a kernel with it (CONFIG_FTRACE_SYSCALLS for syscalls:*), and tracefs mounted"
+
+
+def check_programs():
+    try:
+        Probes(ProbeOptions()).close()
+    except ProbeError as err:
+        return False, "ramwatchd's BPF programs do not load", str(err)
+    return True, "ramwatchd's BPF programs load and attach", ""
+
+
+def capture_blockers():
+    """The cheap checks a capture cannot start without, as one-line reasons."""
+    out = []
+    for check in (check_privileges, check_tracefs, check_bcc):
+        ok, what, fix = check()
+        if ok is False:
+            out.append(f"{what}: {fix}")
+    return out
+
+
+def run_doctor():
+    checks = [check_privileges, check_bpf_syscall, check_btf, check_tracefs, check_bcc,
+              check_headers, check_uprobes]
+    checks += [lambda tp=tp: check_tracepoint(tp) for tp in TRACEPOINTS]
+    failed = False
+    for check in checks:
+        ok, what, fix = check()
+        failed |= ok is False
+        _say(ok, what, fix)
+    if not failed:
+        ok, what, fix = check_programs()
+        failed |= not ok
+        _say(ok, what, fix)
+    print("\na capture can run" if not failed else "\na capture cannot run until the FAIL lines are fixed")
+    return 1 if failed else 0
+
+
+def _say(ok, what, fix):
+    label = {True: "OK  ", False: "FAIL", None: "WARN"}[ok]
+    print(f"{label}  {what}" + (f"\n      fix: {fix}" if fix else ""))

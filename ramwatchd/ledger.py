@@ -1,0 +1,201 @@
+"""Stage 3: the ledger. Per process and per mapping, what is resident and in which
+class, taken from /proc/PID/smaps whenever the probes say a process changed.
+
+Each snapshot is reconciled with VmRSS from /proc/PID/status: the classes are a
+partition of the kernel's own number, and any difference is kept and shown.
+"""
+import time
+from dataclasses import dataclass, field
+
+from . import procfs
+from .classes import CLASSES, Classifier
+
+RECONCILE_MIN_BYTES = 4 << 20
+RECONCILE_FRACTION = 0.01
+
+
+@dataclass
+class ObjectUsage:
+    """What one mapped object (a file, a shm segment, the heap, anonymous memory)
+    holds in one process, summed over its mappings."""
+    cls: str
+    name: str
+    rss: int = 0
+    pss: int = 0
+    mapped: int = 0
+    dev: tuple = (0, 0)
+    inode: int = 0
+    ranges: list = field(default_factory=list)   # (start, end) of each of its mappings
+
+    def add(self, vma):
+        self.rss += vma.rss
+        self.pss += vma.pss
+        self.mapped += vma.size
+        self.ranges.append((vma.start, vma.end))
+
+
+@dataclass
+class Snapshot:
+    t: float                      # seconds on the capture's clock
+    vm_rss: int                   # VmRSS read just after smaps
+    vm_rss_before: int            # and just before: a moving process moves between
+    status: procfs.Status
+    classes: dict                 # class -> resident bytes
+    pss: dict                     # class -> proportional resident bytes
+    objects: dict = field(default_factory=dict)   # (class, name) -> ObjectUsage
+    read_seconds: float = 0.0
+
+    @property
+    def total(self):
+        return sum(self.classes.values())
+
+    @property
+    def tolerance(self):
+        return max(RECONCILE_MIN_BYTES, int(RECONCILE_FRACTION * self.vm_rss))
+
+    @property
+    def drift(self):
+        """How far the classes are from the VmRSS bracket read around them (0 when inside)."""
+        lo, hi = sorted((self.vm_rss_before, self.vm_rss))
+        return min(0, self.total - lo) + max(0, self.total - hi)
+
+    @property
+    def reconciled(self):
+        return abs(self.drift) <= self.tolerance
+
+
+def take_snapshot(pid, t, classifier):
+    """Read smaps between two reads of status and sum it by class and object."""
+    started = time.monotonic()
+    before = procfs.read_status(pid)
+    vmas = procfs.read_smaps(pid)
+    after = procfs.read_status(pid)
+    if procfs.is_exiting(pid):
+        raise procfs.ProcessGone(pid)   # half torn down: smaps no longer adds up
+    classes = dict.fromkeys(CLASSES, 0)
+    pss = dict.fromkeys(CLASSES, 0)
+    objects = {}
+    for vma, cls in zip(vmas, classifier.classify(vmas)):
+        classes[cls] += vma.rss
+        pss[cls] += vma.pss
+        key = (cls, vma.path or "[anonymous]")
+        if key not in objects:
+            objects[key] = ObjectUsage(cls, key[1], dev=vma.dev, inode=vma.inode)
+        objects[key].add(vma)
+    return Snapshot(t, after.vm_rss, before.vm_rss, after, classes, pss, objects,
+                    time.monotonic() - started)
+
+
+@dataclass
+class ObjectChange:
+    cls: str
+    name: str
+    delta: int
+    rss_after: int
+    ranges: list      # the object's mappings, now or (if it is gone) before
+
+
+def diff(prev, new, min_bytes):
+    """Objects whose RSS moved by at least min_bytes, largest move first."""
+    changes = []
+    for key in prev.objects.keys() | new.objects.keys():
+        old = prev.objects.get(key)
+        cur = new.objects.get(key)
+        delta = (cur.rss if cur else 0) - (old.rss if old else 0)
+        if abs(delta) >= min_bytes:
+            changes.append(ObjectChange(key[0], key[1], delta, cur.rss if cur else 0,
+                                        (cur or old).ranges))
+    return sorted(changes, key=lambda c: -abs(c.delta))
+
+
+@dataclass
+class ProcessRecord:
+    """Everything the ledger knows about one process."""
+    pid: int
+    comm: str
+    cmdline: str
+    ppid: int
+    first_seen: float
+    baseline: Snapshot = None
+    latest: Snapshot = None
+    largest: Snapshot = None          # the snapshot with the most RSS
+    history: list = field(default_factory=list)   # (t, classes) per snapshot
+    exited_at: float = None
+    dirty: bool = True
+    last_read: float = -1e9
+    faults_at_start: tuple = (0, 0)
+    faults: tuple = (0, 0)            # (minor, major) since first seen
+    peak: tuple = None                # (bytes, t, rss members) from the kernel
+    reconciliation: dict = field(default_factory=lambda: {"samples": 0, "failed": 0, "worst_drift": 0})
+
+    @property
+    def alive(self):
+        return self.exited_at is None
+
+
+class Ledger:
+    """Snapshots of every traced process, refreshed when marked dirty and due."""
+
+    def __init__(self, classifier=None, min_interval=0.1, cost_factor=20):
+        self.classifier = classifier or Classifier()
+        self.processes = {}
+        # A process is read again no sooner than min_interval, nor sooner than
+        # cost_factor times its last read took, so huge processes are read less.
+        self.min_interval = min_interval
+        self.cost_factor = cost_factor
+
+    def add(self, pid, t):
+        status = procfs.read_status(pid)
+        rec = ProcessRecord(pid, status.name, procfs.read_cmdline(pid), status.ppid, t)
+        rec.faults_at_start = procfs.read_fault_counts(pid)
+        self.processes[pid] = rec
+        return rec
+
+    def mark_dirty(self, pid):
+        rec = self.processes.get(pid)
+        if rec is not None:
+            rec.dirty = True
+
+    def due(self, now):
+        for rec in self.processes.values():
+            if rec.alive and rec.dirty and now - rec.last_read >= self._interval(rec):
+                yield rec
+
+    def _interval(self, rec):
+        cost = rec.latest.read_seconds if rec.latest else 0
+        return max(self.min_interval, self.cost_factor * cost)
+
+    def refresh(self, rec, t, min_change):
+        """Take a new snapshot of rec; return the objects that moved by at least
+        min_change since the last one ([] at first).
+        Raises procfs.ProcessGone if the process has exited."""
+        snap = take_snapshot(rec.pid, t, self.classifier)
+        minor, major = procfs.read_fault_counts(rec.pid)
+        rec.faults = (minor - rec.faults_at_start[0], major - rec.faults_at_start[1])
+        prev, rec.latest = rec.latest, snap
+        rec.dirty, rec.last_read = False, t
+        rec.history.append((t, snap.vm_rss, dict(snap.classes)))
+        check = rec.reconciliation
+        check["samples"] += 1
+        check["failed"] += not snap.reconciled
+        if abs(snap.drift) > abs(check["worst_drift"]):
+            check["worst_drift"] = snap.drift
+        if rec.baseline is None:
+            rec.baseline = snap
+        if rec.largest is None or snap.total >= rec.largest.total:
+            rec.largest = snap
+        if prev is None:
+            return []
+        changes = diff(prev, snap, min_change)
+        if prev is not rec.baseline and prev is not rec.largest:
+            prev.objects = {}   # only baseline, largest and latest keep mapping detail
+        return changes
+
+    def refresh_comm(self, pid):
+        rec = self.processes.get(pid)
+        if rec is not None:
+            try:
+                rec.comm = procfs.read_status(pid).name
+                rec.cmdline = procfs.read_cmdline(pid)
+            except procfs.ProcessGone:
+                pass

@@ -1,0 +1,162 @@
+"""Stage 1: the kernel probes. Compiles bpf/ramwatchd.bpf.c with bcc, attaches it,
+and exposes what it collects: the event stream, per-process RSS state kept in the
+kernel, sampled fault counts per address region, and page cache per file.
+"""
+import ctypes
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import events
+
+TRACEFS = Path("/sys/kernel/tracing")
+STAT_NAMES = ("events_lost", "children_not_followed", "fault_regions_full", "files_full",
+              "inflight_full")
+
+
+class ProbeError(Exception):
+    """The kernel side could not be set up; the message says why and what to do."""
+
+
+def bpf_source_dir():
+    """bpf/ beside the package in a checkout, or ramwatchd/bpf in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "bpf", here / "bpf"):
+        if (candidate / "ramwatchd.bpf.c").is_file():
+            return candidate
+    raise ProbeError(f"BPF sources not found next to {here} (expected bpf/ramwatchd.bpf.c)")
+
+
+def import_bcc():
+    try:
+        import bcc
+    except ImportError:
+        raise ProbeError("bcc is not importable: install Debian's python3-bpfcc "
+                         "(apt-get install python3-bpfcc) and run deploy/setup.sh; "
+                         "PyPI's 'bcc' is a different package") from None
+    return bcc
+
+
+@dataclass
+class ProbeOptions:
+    follow_children: bool = True
+    rss_step_bytes: int = 16 << 20
+    min_syscall_bytes: int = 1 << 20
+    fault_sample_period: int = 64
+    fault_region_shift: int = 21   # faults are counted per 2 MiB of address space
+
+    def cflags(self):
+        flags = [f"-DRSS_STEP_BYTES={self.rss_step_bytes}LL",
+                 f"-DMIN_SYSCALL_BYTES={self.min_syscall_bytes}UL",
+                 f"-DFAULT_REGION_SHIFT={self.fault_region_shift}",
+                 f"-DPAGE_BYTES={resource.getpagesize()}"]
+        if self.follow_children:
+            flags.append("-DFOLLOW_CHILDREN")
+        if "group_dead" in _tracepoint_format("sched", "sched_process_exit"):
+            flags.append("-DHAVE_EXIT_GROUP_DEAD")
+        return flags
+
+
+def _tracepoint_format(group, name):
+    try:
+        return (TRACEFS / "events" / group / name / "format").read_text()
+    except OSError:
+        return ""
+
+
+class Probes:
+    """The attached BPF programs of one capture or daemon."""
+
+    def __init__(self, options: ProbeOptions):
+        bcc = import_bcc()
+        src = bpf_source_dir()
+        try:
+            self.bpf = bcc.BPF(src_file=str(src / "ramwatchd.bpf.c"),
+                               cflags=options.cflags() + [f"-I{src}"])
+            self.bpf.attach_perf_event(
+                ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.PAGE_FAULTS,
+                fn_name=b"on_fault_sample", sample_period=options.fault_sample_period)
+        except Exception as err:  # bcc raises bare Exception for load and attach errors
+            raise ProbeError(f"could not load the BPF programs: {err} "
+                             "(run 'ramwatchd doctor' to see which prerequisite is missing)") from None
+        self.options = options
+        self._pending = []
+        self.bpf["events"].open_ring_buffer(self._on_record)
+        self._traced = self.bpf["traced"]
+
+    def _on_record(self, _ctx, data, _size):
+        self._pending.append(events.decode(data))
+
+    def poll(self, timeout_ms):
+        """Wait up to timeout_ms for kernel events; return those that arrived."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+        out, self._pending = self._pending, []
+        return out
+
+    def trace(self, pid, rss_now):
+        """Start tracing pid; rss_now = (file, anon, swap, shmem) bytes seeds the
+        counters that rss_stat will keep exact from here on."""
+        state = self._traced.Leaf()
+        for member, value in enumerate(rss_now):
+            state.rss[member] = value
+        total = rss_now[events.FILE] + rss_now[events.ANON] + rss_now[events.SHMEM]
+        state.peak = state.last_step = total
+        state.peak_ns = time.monotonic_ns()
+        for member, value in enumerate(rss_now):
+            state.peak_rss[member] = value
+        self._traced[self._traced.Key(pid)] = state
+
+    def seed_missing(self, pid, rss_now):
+        """A forked child starts with counters the kernel copied silently; fill in
+        those members that no rss_stat event has set yet."""
+        key = self._traced.Key(pid)
+        try:
+            state = self._traced[key]
+        except KeyError:
+            return
+        for member, value in enumerate(rss_now):
+            if state.rss[member] == 0:
+                state.rss[member] = value
+        self._traced[key] = state
+
+    def untrace(self, pid):
+        try:
+            del self._traced[self._traced.Key(pid)]
+        except KeyError:
+            pass
+
+    def rss_state(self, pid):
+        """(rss per member, peak, peak_ns, rss per member at the peak) or None."""
+        try:
+            s = self._traced[self._traced.Key(pid)]
+        except KeyError:
+            return None
+        return tuple(s.rss), s.peak, s.peak_ns, tuple(s.peak_rss)
+
+    def drain_fault_samples(self):
+        """{(pid, region_start): sampled faults} since the last drain, scaled to
+        estimated faults by the sample period."""
+        table = self.bpf["fault_samples"]
+        shift, period = self.options.fault_region_shift, self.options.fault_sample_period
+        out = {}
+        for key, count in table.items_lookup_and_delete_batch():
+            out[(key.tgid, key.region << shift)] = count * period
+        return out
+
+    def page_cache(self):
+        """{(dev, ino): (added, removed)} bytes, cumulative for the capture."""
+        return {(k.dev, k.ino): (v.added, v.removed) for k, v in self.bpf["files"].items()}
+
+    def stats(self):
+        table = self.bpf["stats"]
+        return {name: sum(table[ctypes.c_int(i)]) for i, name in enumerate(STAT_NAMES)}
+
+    def close(self):
+        self.bpf.cleanup()
+
+
+def kernel_dev_to_userspace(dev):
+    """The kernel's dev_t (major << 20 | minor) -> os.makedev form used by stat()."""
+    return os.makedev(dev >> 20, dev & ((1 << 20) - 1))

@@ -1,0 +1,195 @@
+"""Stage 4 (summary view): what a finished capture found, rendered from its saved
+form, so a live capture and `ramwatchd report FILE.json` print the same thing."""
+import json
+
+from .units import fmt_bytes, fmt_seconds
+from .timeline import format_entry
+
+
+class ReportError(Exception):
+    pass
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ReportError(f"no such file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path} is not a ramwatchd capture (not JSON: {err})") from None
+    if not isinstance(data, dict) or "processes" not in data or "format" not in data:
+        raise ReportError(f"{path} is not a ramwatchd capture (no 'format' or 'processes')")
+    return data
+
+
+def _table(rows, header):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    def line(r):
+        return "  " + "  ".join(str(c).ljust(w) if i == 0 or i == 1 else str(c).rjust(w)
+                                for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header)] + [line(r) for r in rows])
+
+
+def _used_classes(result, key):
+    used = set()
+    for p in result["processes"]:
+        snap = p.get(key)
+        if snap:
+            used |= {c for c, v in snap["classes"].items() if v >= 1 << 20}
+    return [c for c in result["classes"] if c in used]
+
+
+def _class_table(result, key):
+    classes = _used_classes(result, key)
+    rows = []
+    for p in result["processes"]:
+        snap = p.get(key)
+        if not snap:
+            continue
+        state = "exited" if p["exited_at"] is not None else ""
+        check = "ok" if snap["reconciled"] else f"off {fmt_bytes(snap['drift'], True)}"
+        rows.append([str(p["pid"]), p["comm"][:15] + (f" ({state})" if state else "")]
+                    + [fmt_bytes(snap["classes"][c]) for c in classes]
+                    + [fmt_bytes(sum(snap["classes"].values())), fmt_bytes(snap["vm_rss"]), check])
+    if len(rows) > 1:
+        snaps = [p[key] for p in result["processes"] if p.get(key)]
+        rows.append(["", "all (PSS: shared once)"]
+                    + [fmt_bytes(sum(s["pss"][c] for s in snaps)) for c in classes]
+                    + [fmt_bytes(sum(sum(s["pss"].values()) for s in snaps)), "", ""])
+    return _table(rows, ["pid", "comm"] + classes + ["classes", "VmRSS", "vs VmRSS"])
+
+
+def _section(title):
+    return f"\n== {title} " + "=" * max(0, 70 - len(title))
+
+
+def render_summary(result):
+    out = [_section("ramwatchd summary")]
+    target = result["target"]
+    what = " ".join(target["command"]) if "command" in target else f"pid {target.get('pid')}"
+    out.append(f"  captured {what} for {fmt_seconds(result['duration_s'])}; "
+               f"ended: {result['ended_because'] or 'stopped'}"
+               + (f"; exit code {result['exit_code']}" if result.get("exit_code") is not None else ""))
+    if "pid" in target:
+        out += [_section("baseline at attach (memory that existed before the capture)"),
+                _class_table(result, "baseline")]
+    out += [_section("by process and class (last look; exited processes: before they exited)"),
+            _class_table(result, "latest")]
+    out += _top_mappings(result) + _peaks(result) + _spikes(result) + _phases(result)
+    out += _shared(result) + _why_top(result) + _health(result)
+    return "\n".join(out) + "\n"
+
+
+def _top_mappings(result):
+    objs = []
+    for p in result["processes"]:
+        objs += [dict(o, pid=p["pid"]) for o in p["objects_largest"]]
+    objs.sort(key=lambda o: -o["rss"])
+    cache = {f["path"]: f for f in result["files"]}
+    rows = []
+    for o in objs[:10]:
+        f = cache.get(o["name"])
+        pc = f.get("page_cache") if f else None
+        rows.append([o["class"], o["name"][-60:], str(o["pid"]), fmt_bytes(o["rss"]), fmt_bytes(o["mapped"]),
+                     fmt_bytes(pc) if pc is not None else "-"])
+    out = [_section("top mappings (at each process's largest look)")]
+    out.append(_table(rows, ["class", "mapping", "pid", "resident", "mapped", "page cache"]) if rows else "  none")
+    weights = [f for f in result["files"] if f["class"] == "file_weights"]
+    if weights:
+        out.append("\n  weights files: resident in the processes vs in the page cache (filled while traced)")
+        out.append(_table([[f["path"][-60:], "", fmt_bytes(f["resident"]),
+                            fmt_bytes(f["page_cache"]) if f.get("page_cache") is not None else "-",
+                            fmt_bytes(f.get("filled", 0))] for f in weights],
+                          ["file", "", "resident", "page cache", "filled"]))
+    return out
+
+
+def _peaks(result):
+    rows = []
+    for p in result["processes"]:
+        peak = p.get("peak")
+        if not peak:
+            continue
+        largest = p.get("largest")
+        where = ""
+        if largest:
+            top = sorted(largest["classes"].items(), key=lambda kv: -kv[1])[:3]
+            where = ", ".join(f"{c} {fmt_bytes(v)}" for c, v in top if v)
+        rows.append([str(p["pid"]), p["comm"][:15], fmt_bytes(peak["bytes"]), f"{peak['t']:.2f}s",
+                     f"anon {fmt_bytes(peak['anon'])} file {fmt_bytes(peak['file'])} shmem {fmt_bytes(peak['shmem'])}",
+                     where])
+    return [_section("peak RSS (exact, from the kernel's counters)"),
+            _table(rows, ["pid", "comm", "peak", "at", "counters at peak", "largest look: top classes"])
+            if rows else "  none"]
+
+
+def _spikes(result):
+    opts = result["options"]
+    out = [_section(f"transient spikes (rise >= {fmt_bytes(opts['spike_min_rise'])}, "
+                    f"back within {opts['spike_max_hold_s'] * 1000:.0f} ms)")]
+    if not result["spikes"]:
+        return out + ["  none"]
+    for s in result["spikes"]:
+        out.append(f"  pid {s['pid']}: +{fmt_bytes(s['size'])} {s['member']} at {s['peak_t']:.2f}s, "
+                   f"held {s['fall_t'] - s['peak_t']:.3f} s at the peak (rss {fmt_bytes(s['peak'])})")
+    return out
+
+
+def _phases(result):
+    growth = {}
+    for e in result["timeline"]:
+        if e["kind"] in ("grow", "release"):
+            growth.setdefault(e["phase"] or "(before any phase)", 0)
+            growth[e["phase"] or "(before any phase)"] += e["delta"]
+    if not growth:
+        return []
+    top = sorted(growth.items(), key=lambda kv: -abs(kv[1]))[:10]
+    return [_section("growth by phase (phases are the program's output lines and marks)"),
+            _table([[name[:70], "", fmt_bytes(d, True)] for name, d in top], ["phase", "", "change"])]
+
+
+def _shared(result):
+    if not result["shared"]:
+        return []
+    rows = [[s["class"], s["name"][-50:], ",".join(map(str, s["pids"])), fmt_bytes(s["rss_max"]),
+             fmt_bytes(s["pss_sum"])] for s in result["shared"]]
+    return [_section("shared by several processes (counted once in 'all')"),
+            _table(rows, ["class", "object", "pids", "resident", "PSS sum"])]
+
+
+def _why_top(result):
+    main = result["processes"][0] if result["processes"] else None
+    snap = main and (main.get("latest") or main.get("baseline"))
+    if not snap:
+        return []
+    unmapped = sum(max(0, (f.get("page_cache") or 0) - f["resident"]) for f in result["files"])
+    return [_section("why top shows something else"),
+            f"  top's RES is VmRSS = RssAnon + RssFile + RssShmem; for pid {main['pid']}: "
+            f"{fmt_bytes(snap['rss_anon'])} + {fmt_bytes(snap['rss_file'])} + {fmt_bytes(snap['rss_shmem'])} "
+            f"= {fmt_bytes(snap['vm_rss'])}.",
+            "  A log that counts only the heap, or only what was allocated after it started, misses the",
+            "  file pages (libraries, mmap'd weights), shared memory and the baseline before it.",
+            "  Page cache that no process maps is not RSS at all: lazily mmap'd weights count only the",
+            f"  pages touched so far. Files above hold {fmt_bytes(unmapped)} of page cache beyond what is mapped."]
+
+
+def _health(result):
+    out = [_section("checks")]
+    samples = sum(p["reconciliation"]["samples"] for p in result["processes"])
+    failed = sum(p["reconciliation"]["failed"] for p in result["processes"])
+    worst = max((abs(p["reconciliation"]["worst_drift"]) for p in result["processes"]), default=0)
+    out.append(f"  classes vs VmRSS: {samples - failed}/{samples} looks within max(1%, 4 MiB); "
+               f"worst difference {fmt_bytes(worst)}")
+    stats = result["kernel_stats"]
+    lost = {k: v for k, v in stats.items() if v}
+    out.append("  kernel side: nothing dropped" if not lost else
+               "  kernel side dropped: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in lost.items()))
+    for o in result["oom"]:
+        out.append(f"  OOM victim: pid {o['pid']} ({o['comm']}) at {o['t']:.2f}s"
+                   + (" — a traced process" if o["traced"] else ""))
+    return out
+
+
+def render_timeline(result):
+    return "\n".join(format_entry(e) for e in result["timeline"])

@@ -1,0 +1,36 @@
+"""Stage 4 (live view): one printed line per timeline entry, as the capture runs."""
+import os
+
+from .units import fmt_bytes
+
+_WIDE = {"grow", "release"}
+
+
+def _short(name, width=38):
+    if len(name) <= width:
+        return name
+    return "…" + name[-(width - 1):]
+
+
+def format_entry(e):
+    """An Entry (or its dict from a saved capture) -> one line."""
+    e = e if isinstance(e, dict) else vars(e)
+    head = f"{e['t']:8.2f}s  {e['pid']:>7} {e['comm'][:15]:<15} "
+    kind = e["kind"]
+    if kind in _WIDE:
+        line = (f"{head}{fmt_bytes(e['delta'], signed=True):>11}  {e['cls']:<12} "
+                f"{_short(e['name']):<38}  rss {fmt_bytes(e['rss_after'])}")
+        return line + (f"  <- {e['cause']}" if e["cause"] else "")
+    if kind == "phase":
+        return f"{head}   | {e['text']}"
+    if kind == "mark":
+        return f"{head}   == phase: {e['text']}"
+    if kind == "spike":
+        return f"{head}{'SPIKE':>11}  {e['text']} (peak rss {fmt_bytes(e['rss_after'])})"
+    if kind == "exec":
+        return f"{head}{'exec':>11}  {os.path.basename(e['text'])}"
+    return f"{head}{kind:>11}  {e['text']}"
+
+
+def header():
+    return f"{'time':>9}  {'pid':>7} {'comm':<15} {'change':>11}  {'class':<12} {'mapping':<38}  after / why"

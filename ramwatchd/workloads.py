@@ -1,0 +1,186 @@
+"""Programs whose allocations are known: the demo, the tests and the benchmarks.
+
+    python -m ramwatchd.workloads STEP [STEP ...]
+    python -m ramwatchd.workloads --demo
+
+Each step prints one line before it acts, so `ramwatchd run` shows it as a phase.
+Steps (sizes take units: 256M, 1G):
+    anon:SIZE             mmap private anonymous memory and touch every page
+    malloc:SIZE           malloc it in 64 KiB blocks (glibc serves those from brk: [heap])
+    shared:SIZE           mmap MAP_SHARED|MAP_ANONYMOUS and touch it (shm_anon, not pinned)
+    weights:PATH:SIZE:F   create PATH of SIZE if missing, mmap it read-only, touch fraction F
+    shm:NAME:SIZE         create /dev/shm/NAME, mmap it shared and touch it
+    attach:NAME           mmap an existing /dev/shm/NAME and touch it
+    spike:SIZE:MS         allocate SIZE, hold it MS milliseconds, unmap it
+    dontneed              madvise(MADV_DONTNEED) the last anon region
+    unmap                 munmap the last anon region
+    fork:STEP,STEP..      fork a child that runs those steps (comma-separated) and exits
+    spawn:STEP,STEP..     start a new python process that runs those steps
+    mark:NAME             mark a phase with ramwatchd.mark()
+    sleep:S               sleep S seconds
+    wait                  wait for children
+    ready:PATH            create PATH (tests wait for it) and go on
+"""
+import ctypes
+import mmap
+import os
+import subprocess
+import sys
+import time
+
+from . import mark
+from .units import parse_bytes
+
+PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+_libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+# glibc's M_MMAP_THRESHOLD: keep 64 KiB blocks on the brk heap whatever the tuning.
+_libc.mallopt(-3, 128 << 10)
+
+MADV_HUGEPAGE, MADV_POPULATE_WRITE = 14, 23
+
+
+def touch(region, fraction=1.0, write=True):
+    """Fault in the first `fraction` of region, one access per page."""
+    end = int(len(region) * fraction) // PAGE * PAGE
+    if write:
+        for off in range(0, end, PAGE):
+            region[off] = 1
+    else:
+        view = memoryview(region)
+        total = 0
+        for off in range(0, end, PAGE):
+            total += view[off]
+        view.release()
+    return end
+
+
+class Workload:
+    def __init__(self):
+        self.anon = []      # regions, last last
+        self.keep = []      # anything that must stay mapped
+        self.children = []
+
+    def run(self, steps):
+        for step in steps:
+            name, _, arg = step.partition(":")
+            print(f"step {step}", flush=True)
+            getattr(self, "do_" + name)(arg)
+
+    def do_anon(self, arg):
+        m = mmap.mmap(-1, parse_bytes(arg), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        touch(m)
+        self.anon.append(m)
+
+    def do_malloc(self, arg):
+        block = 64 << 10
+        for _ in range(parse_bytes(arg) // block):
+            p = _libc.malloc(block)
+            _libc.memset(p, 1, block)
+
+    def do_shared(self, arg):
+        m = mmap.mmap(-1, parse_bytes(arg), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        touch(m)
+        self.keep.append(m)
+
+    def do_weights(self, arg):
+        path, size, fraction = arg.rsplit(":", 2)
+        size = parse_bytes(size)
+        if not os.path.exists(path) or os.path.getsize(path) != size:
+            with open(path, "wb") as f:
+                for _ in range(size // (1 << 20)):
+                    f.write(os.urandom(1 << 20))
+        with open(path, "rb") as f:
+            m = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+        m.madvise(mmap.MADV_RANDOM)   # fault in only what is touched: no readahead
+        touch(m, float(fraction), write=False)
+        self.keep.append(m)
+
+    def _shm(self, name, size=None):
+        path = f"/dev/shm/{name}"
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if size else 0), 0o600)
+        if size:
+            os.ftruncate(fd, size)
+        m = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_SHARED)
+        os.close(fd)
+        touch(m)
+        self.keep.append(m)
+
+    def do_shm(self, arg):
+        name, size = arg.split(":")
+        self._shm(name, parse_bytes(size))
+
+    def do_attach(self, arg):
+        self._shm(arg)
+
+    def do_spike(self, arg):
+        size, ms = arg.split(":")
+        m = mmap.mmap(-1, parse_bytes(size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # Huge pages and an in-kernel populate make the rise take milliseconds,
+        # so the whole spike is short, as a transient buffer's would be.
+        m.madvise(MADV_HUGEPAGE)
+        m.madvise(MADV_POPULATE_WRITE)
+        time.sleep(float(ms) / 1000)
+        m.close()
+
+    def do_dontneed(self, _):
+        self.anon[-1].madvise(mmap.MADV_DONTNEED)
+
+    def do_unmap(self, _):
+        self.anon.pop().close()
+
+    def do_fork(self, arg):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                Workload().run(arg.split(","))
+            finally:
+                os._exit(0)
+        self.children.append(pid)
+
+    def do_spawn(self, arg):
+        proc = subprocess.Popen([sys.executable, "-m", "ramwatchd.workloads"] + arg.split(","))
+        self.children.append(proc)
+
+    def do_mark(self, arg):
+        mark(arg)
+
+    def do_sleep(self, arg):
+        time.sleep(float(arg))
+
+    def do_wait(self, _):
+        for child in self.children:
+            child.wait() if isinstance(child, subprocess.Popen) else os.waitpid(child, 0)
+        self.children = []
+
+    def do_ready(self, arg):
+        with open(arg, "w"):
+            pass
+
+
+DEMO = ["mark:start", "malloc:96M", "anon:256M", "shared:64M",
+        "weights:/tmp/ramwatchd-demo.safetensors:256M:0.5", "shm:ramwatchd-demo:64M",
+        "fork:anon:128M,sleep:0.3", "spike:512M:50", "sleep:0.3", "dontneed", "sleep:0.3", "wait"]
+
+
+def main(argv):
+    if argv == ["--demo"]:
+        print("ramwatchd demo: a heap, anonymous and shared memory, a lazily mapped weights file,"
+              " a /dev/shm region, a child, a spike and a release", flush=True)
+        try:
+            Workload().run(DEMO)
+        finally:
+            if os.path.exists("/dev/shm/ramwatchd-demo"):
+                os.unlink("/dev/shm/ramwatchd-demo")
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    Workload().run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
