@@ -216,14 +216,20 @@ class Capture:
             self._drain_output()
 
     def _end_child(self):
-        """The program of `run` does not outlive its capture."""
-        if self.child.poll() is None:
+        """The program of `run`, and what it started, do not outlive the capture.
+        Its exit code is kept only when it ended on its own."""
+        ended_by_us = self.child.poll() is None
+        for rec in self.ledger.processes.values():
+            if rec.alive and rec.pid != self.child.pid:
+                _signal(rec.pid, signal.SIGTERM)
+        if ended_by_us:
             self.child.terminate()
         try:
-            self.exit_code = self.child.wait(timeout=5)
+            code = self.child.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.child.kill()
-            self.exit_code = self.child.wait()
+            code = self.child.wait()
+        self.exit_code = None if ended_by_us else code
 
     # ---- events ------------------------------------------------------------
 
@@ -345,6 +351,9 @@ class Capture:
         except procfs.ProcessGone:
             self._on_exit(rec.pid, now)
             return
+        # Syscalls that finished while we looked explain what we saw: take them in.
+        for ev in self.probes.poll(0):
+            self._on_event(ev)
         calls = self.syscalls.pop(rec.pid, [])
         faults = self._attribute_faults(rec)
         # The change happened before this look: name the phase of the kernel's
@@ -421,6 +430,13 @@ class Capture:
         """Everything the capture saw, as plain data: what --json saves and report reads."""
         from .result import build_result
         return build_result(self)
+
+
+def _signal(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _cause(change, calls, faults):

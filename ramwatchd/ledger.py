@@ -64,8 +64,24 @@ class Snapshot:
         return abs(self.drift) <= self.tolerance
 
 
+# A process in the middle of a large munmap or madvise has already dropped the
+# mapping from smaps while its RSS counters still fall: look again shortly.
+RETRY_DELAYS_S = (0.005, 0.01, 0.02, 0.04)
+
+
 def take_snapshot(pid, t, classifier):
-    """Read smaps between two reads of status and sum it by class and object."""
+    """Read smaps between two reads of status and sum it by class and object.
+    A look that does not reconcile with VmRSS is retried a few times, since
+    the process may be mid-way through releasing memory."""
+    for delay in RETRY_DELAYS_S:
+        snap = _look(pid, t, classifier)
+        if snap.reconciled:
+            break
+        time.sleep(delay)
+    return snap
+
+
+def _look(pid, t, classifier):
     started = time.monotonic()
     before = procfs.read_status(pid)
     vmas = procfs.read_smaps(pid)
@@ -92,7 +108,7 @@ class ObjectChange:
     name: str
     delta: int
     rss_after: int
-    ranges: list      # the object's mappings, now or (if it is gone) before
+    ranges: list      # the object's mappings before and after: where its causes acted
 
 
 def diff(prev, new, min_bytes):
@@ -103,8 +119,8 @@ def diff(prev, new, min_bytes):
         cur = new.objects.get(key)
         delta = (cur.rss if cur else 0) - (old.rss if old else 0)
         if abs(delta) >= min_bytes:
-            changes.append(ObjectChange(key[0], key[1], delta, cur.rss if cur else 0,
-                                        (cur or old).ranges))
+            ranges = (old.ranges if old else []) + (cur.ranges if cur else [])
+            changes.append(ObjectChange(key[0], key[1], delta, cur.rss if cur else 0, ranges))
     return sorted(changes, key=lambda c: -abs(c.delta))
 
 
@@ -123,6 +139,7 @@ class ProcessRecord:
     exited_at: float = None
     dirty: bool = True
     last_read: float = -1e9
+    settle_at: float = None           # when to look once more after movement stops
     faults_at_start: tuple = (0, 0)
     faults: tuple = (0, 0)            # (minor, major) since first seen
     peak: tuple = None                # (bytes, t, rss members) from the kernel
@@ -136,13 +153,14 @@ class ProcessRecord:
 class Ledger:
     """Snapshots of every traced process, refreshed when marked dirty and due."""
 
-    def __init__(self, classifier=None, min_interval=0.1, cost_factor=20):
+    def __init__(self, classifier=None, min_interval=0.1, cost_factor=20, settle_delay=0.2):
         self.classifier = classifier or Classifier()
         self.processes = {}
         # A process is read again no sooner than min_interval, nor sooner than
         # cost_factor times its last read took, so huge processes are read less.
         self.min_interval = min_interval
         self.cost_factor = cost_factor
+        self.settle_delay = settle_delay
 
     def add(self, pid, t):
         status = procfs.read_status(pid)
@@ -158,7 +176,10 @@ class Ledger:
 
     def due(self, now):
         for rec in self.processes.values():
-            if rec.alive and rec.dirty and now - rec.last_read >= self._interval(rec):
+            if not rec.alive:
+                continue
+            moved = rec.dirty and now - rec.last_read >= self._interval(rec)
+            if moved or (rec.settle_at is not None and now >= rec.settle_at):
                 yield rec
 
     def _interval(self, rec):
@@ -173,6 +194,9 @@ class Ledger:
         minor, major = procfs.read_fault_counts(rec.pid)
         rec.faults = (minor - rec.faults_at_start[0], major - rec.faults_at_start[1])
         prev, rec.latest = rec.latest, snap
+        # Movement smaller than the kernel's RSS step sends no event: after a
+        # look caused by movement, one more look once things are quiet.
+        rec.settle_at = t + self.settle_delay if rec.dirty else None
         rec.dirty, rec.last_read = False, t
         rec.history.append((t, snap.vm_rss, dict(snap.classes)))
         check = rec.reconciliation

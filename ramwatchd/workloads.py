@@ -20,6 +20,7 @@ Steps (sizes take units: 256M, 1G):
     sleep:S               sleep S seconds
     wait                  wait for children
     ready:PATH            create PATH (tests wait for it) and go on
+    await:PATH            wait until PATH exists (tests create it)
 """
 import ctypes
 import mmap
@@ -154,6 +155,10 @@ class Workload:
         for child in self.children:
             child.wait() if isinstance(child, subprocess.Popen) else os.waitpid(child, 0)
         self.children = []
+
+    def do_await(self, arg):
+        while not os.path.exists(arg):
+            time.sleep(0.01)
 
     def do_ready(self, arg):
         with open(arg, "w"):

@@ -1,0 +1,301 @@
+"""How much does a ramwatchd capture slow down the program it traces?
+
+Two workloads, each run alternately without and with `ramwatchd --pid` attached
+(base, traced, base, traced, ...), timed inside the workload process itself:
+
+  faults   first touch of a private anonymous mapping, one write per 4 KiB page
+  weights  a cold read() of a file, 16 MiB at a time, as a model loader does
+
+Run as root:  .venv/bin/python bench/overhead.py [--pairs 7] [--json FILE]
+Budgets are reported, not asserted: exit 0 whenever the measurement succeeded.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ramwatchd.units import parse_bytes
+
+BUDGET_PCT = {"faults": 5.0, "weights": 2.0}
+CHUNK = 16 << 20
+# Both runs of a pair wait this long between "ready" and "go": in the traced run
+# it lets ramwatchd finish attaching and reach its steady polling loop, and the
+# base run waits the same so the two differ only by the capture.
+SETTLE_S = 0.5
+ATTACH_TIMEOUT_S = 60     # bcc compiles for 1-2 s; far more means it is stuck
+RUN_TIMEOUT_S = 300
+EXIT_TIMEOUT_S = 60       # ramwatchd polls for the exit every 50 ms and then summarises
+
+# The fault workload is C, not Python: a Python loop of 262144 writes costs about
+# as much as the faults themselves and would dilute the overhead, and memset would
+# write every byte instead of one per page. The C loop leaves the time to the kernel.
+FAULT_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+	size_t size = strtoull(argv[1], NULL, 10), page = sysconf(_SC_PAGESIZE);
+	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED || madvise(p, size, MADV_NOHUGEPAGE)) {   /* 4 KiB faults only */
+		perror("fault workload");
+		return 1;
+	}
+	char go;
+	printf("ready\n");
+	fflush(stdout);
+	if (read(0, &go, 1) != 1)
+		return 1;
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (size_t i = 0; i < size; i += page)
+		((volatile char *)p)[i] = 1;
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	printf("%.9f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+	return 0;
+}
+"""
+
+
+class BenchError(Exception):
+    """The measurement could not be made; the message says why."""
+
+
+# ---- the weights workload (this file, run as a child) -----------------------
+
+def read_workload(path):
+    """Read path cold, 16 MiB per read(), timing only the reads."""
+    buf = bytearray(b"\1") * CHUNK   # written now, so the timed reads take no faults on it
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        print("ready", flush=True)
+        if sys.stdin.buffer.read(1) != b"g":
+            sys.exit(1)
+        t0 = time.perf_counter()
+        while f.readinto(view):
+            pass
+        print(f"{time.perf_counter() - t0:.9f}", flush=True)
+
+
+# ---- setup ------------------------------------------------------------------
+
+def find_ramwatchd():
+    beside = Path(sys.executable).parent / "ramwatchd"
+    found = str(beside) if beside.is_file() else shutil.which("ramwatchd")
+    if not found:
+        raise BenchError(f"ramwatchd not found beside {sys.executable} nor on PATH")
+    return found
+
+
+def fs_type(path):
+    """The file system type of path, from the longest mount point above it."""
+    path = os.path.realpath(path)
+    best = ("", "")
+    with open("/proc/mounts") as f:
+        for line in f:
+            mnt, fstype = line.split()[1:3]
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best[0]):
+                best = (mnt, fstype)
+    return best[1]
+
+
+def build_fault_helper(workdir):
+    src, exe = workdir / "touch.c", workdir / "touch"
+    src.write_text(FAULT_C)
+    cc = subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], capture_output=True, text=True)
+    if cc.returncode != 0:
+        raise BenchError(f"gcc failed: {cc.stderr.strip().splitlines()[-1:]}")
+    return str(exe)
+
+
+def make_weights_file(path, size):
+    """size bytes of incompressible data: one 16 MiB random block repeated."""
+    block = os.urandom(CHUNK)
+    with open(path, "wb") as f:
+        for off in range(0, size, CHUNK):
+            f.write(block[:size - off])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def evict(path):
+    """Drop path from the page cache so the next read comes from disk.
+    fsync first: DONTNEED skips dirty pages."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+# ---- one run ----------------------------------------------------------------
+
+def start_capture(ramwatchd, pid, log):
+    """Start ramwatchd on pid and return once it says it is tracing."""
+    out, err = open(f"{log}.out", "w"), open(f"{log}.err", "w")
+    # --duration is only a safety net: the capture ends when pid exits.
+    proc = subprocess.Popen([ramwatchd, "--pid", str(pid), "--duration", "3600", "--quiet"],
+                            stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    out.close(), err.close()
+    deadline = time.monotonic() + ATTACH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if any(l.startswith("ramwatchd: tracing pid") for l in Path(f"{log}.err").read_text().splitlines()):
+            return proc
+        if proc.poll() is not None:
+            raise BenchError(f"ramwatchd exited {proc.returncode} before tracing: {tail(log)}")
+        time.sleep(0.02)
+    proc.kill()
+    raise BenchError(f"ramwatchd did not attach within {ATTACH_TIMEOUT_S} s: {tail(log)}")
+
+
+def tail(log):
+    text = Path(f"{log}.err").read_text() + Path(f"{log}.out").read_text()
+    return " | ".join(text.strip().splitlines()[-3:]) or "(no output)"
+
+
+def run_once(argv, ramwatchd, log):
+    """Start the workload, attach (or not), say go; return its own timing in seconds."""
+    work = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    cap = None
+    try:
+        if work.stdout.readline() != b"ready\n":
+            raise BenchError(f"workload {argv[0]} failed to start (exit {work.wait()})")
+        if ramwatchd:
+            cap = start_capture(ramwatchd, work.pid, log)
+        time.sleep(SETTLE_S)
+        out, _ = work.communicate(b"g", timeout=RUN_TIMEOUT_S)
+        if work.returncode != 0:
+            raise BenchError(f"workload {argv[0]} exited {work.returncode}")
+        if cap:
+            rc = cap.wait(timeout=EXIT_TIMEOUT_S)
+            if rc != 0:
+                raise BenchError(f"ramwatchd exited {rc}: {tail(log)}")
+        return float(out)
+    except subprocess.TimeoutExpired as err:
+        raise BenchError(f"timed out after {err.timeout} s: {' '.join(err.cmd)}") from None
+    finally:
+        for p in (work, cap):
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def measure(name, argv, prepare, ramwatchd, pairs, workdir):
+    """Warm-up pair (discarded), then `pairs` interleaved base/traced pairs."""
+    times = {"base": [], "traced": []}
+    total = 2 * (pairs + 1)
+    for i in range(total):
+        mode = "traced" if i % 2 else "base"
+        prepare()
+        t = run_once(argv, ramwatchd if mode == "traced" else None, workdir / f"{name}-{i}")
+        warmup = i < 2
+        if not warmup:
+            times[mode].append(t)
+        print(f"[{name} {i + 1}/{total}] {mode:6} {t:.4f} s{' (warm-up, discarded)' if warmup else ''}",
+              file=sys.stderr, flush=True)
+    return times
+
+
+# ---- figures ----------------------------------------------------------------
+
+def summarise(name, times):
+    base, traced = times["base"], times["traced"]
+    slowdown = statistics.median(traced) / statistics.median(base) - 1
+    pair = statistics.median(t / b - 1 for b, t in zip(base, traced))
+    return {"base_s": base, "traced_s": traced,
+            "median_base_s": statistics.median(base), "median_traced_s": statistics.median(traced),
+            "slowdown_pct": 100 * slowdown, "median_pair_slowdown_pct": 100 * pair,
+            "budget_pct": BUDGET_PCT[name], "within_budget": 100 * slowdown <= BUDGET_PCT[name]}
+
+
+def report(results):
+    for name, r in results.items():
+        print(f"{name}:")
+        print("  base   " + " ".join(f"{t:.4f}" for t in r["base_s"]))
+        print("  traced " + " ".join(f"{t:.4f}" for t in r["traced_s"]))
+        print(f"  median base {r['median_base_s']:.4f} s, traced {r['median_traced_s']:.4f} s: "
+              f"slowdown {r['slowdown_pct']:+.2f} % (median of pair ratios {r['median_pair_slowdown_pct']:+.2f} %)")
+    for name, r in results.items():
+        verdict = "within budget" if r["within_budget"] else "OVER BUDGET"
+        print(f"verdict {name}: {r['slowdown_pct']:+.2f} % vs budget {r['budget_pct']:g} %: {verdict}")
+
+
+# ---- main -------------------------------------------------------------------
+
+def parse_args():
+    def size(text):
+        try:
+            return parse_bytes(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", type=int, default=7, help="base/traced pairs per workload (default 7)")
+    p.add_argument("--fault-size", type=size, default=1 << 30, help="anonymous memory to touch (default 1GiB)")
+    p.add_argument("--file-size", type=size, default=1 << 30, help="weights file to read (default 1GiB)")
+    p.add_argument("--dir", default="/var/tmp", help="where the weights file goes; not tmpfs (default /var/tmp)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    args = p.parse_args()
+    if args.pairs < 1:
+        p.error("--pairs must be at least 1")
+    return args
+
+
+def bench(args):
+    if os.geteuid() != 0:
+        raise BenchError("must run as root (ramwatchd loads BPF programs)")
+    ramwatchd = find_ramwatchd()
+    if not shutil.which("gcc"):
+        raise BenchError("gcc not found: it builds the fault workload")
+    if fs_type(args.dir) == "tmpfs":
+        raise BenchError(f"{args.dir} is tmpfs: a cold read needs a disk (pass --dir)")
+    if shutil.disk_usage(args.dir).free < args.file_size + (1 << 30):
+        raise BenchError(f"not enough free space in {args.dir} for a {args.file_size}-byte file")
+    workdir = Path(tempfile.mkdtemp(prefix="ramwatchd-bench-", dir="/tmp"))
+    weights = Path(args.dir) / f"ramwatchd-bench-{os.getpid()}.safetensors"  # a name ramwatchd counts as weights
+    try:
+        print(f"building the fault workload and a {args.file_size >> 20} MiB file in {args.dir} ...",
+              file=sys.stderr, flush=True)
+        touch = build_fault_helper(workdir)
+        make_weights_file(weights, args.file_size)
+        results = {
+            "faults": measure("faults", [touch, str(args.fault_size)], lambda: None,
+                              ramwatchd, args.pairs, workdir),
+            "weights": measure("weights", [sys.executable, __file__, "_read", str(weights)],
+                               lambda: evict(weights), ramwatchd, args.pairs, workdir),
+        }
+    finally:
+        weights.unlink(missing_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {name: summarise(name, times) for name, times in results.items()}
+
+
+def main():
+    if sys.argv[1:2] == ["_read"]:
+        return read_workload(sys.argv[2])
+    args = parse_args()
+    try:
+        results = bench(args)
+    except (BenchError, OSError) as err:
+        print(f"overhead: {err}", file=sys.stderr)
+        return 1
+    report(results)
+    if args.json:
+        config = {"pairs": args.pairs, "fault_size": args.fault_size, "file_size": args.file_size,
+                  "settle_s": SETTLE_S, "warmup_pairs": 1}
+        with open(args.json, "w") as f:
+            json.dump({"config": config, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

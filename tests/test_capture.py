@@ -1,0 +1,142 @@
+"""Captures of real processes with known allocations, traced on the real kernel."""
+import json
+import os
+import subprocess
+
+from conftest import (RAMWATCHD, MiB, assert_near, assert_reconciled, growth, process,
+                      run_ramwatchd)
+
+
+def causes(result, cls):
+    return " ".join(e["cause"] for e in result["timeline"] if e["cls"] == cls)
+
+
+def test_private_anonymous_mmap(capture):
+    result, _ = capture(["anon:256M", "sleep:0.3"])
+    p = process(result)
+    assert_near(growth(p, "anon"), 256 * MiB, what="anon")
+    assert "mmap 256.0 MiB RW- PRIVATE|ANON" in causes(result, "anon")
+    assert growth(p, "shm_anon") < 4 * MiB
+    assert_reconciled(result)
+
+
+def test_malloc_grows_the_heap_through_brk(capture):
+    result, _ = capture(["malloc:128M", "sleep:0.3"])
+    p = process(result)
+    assert_near(growth(p, "anon_heap"), 128 * MiB, what="anon_heap")
+    assert "brk" in causes(result, "anon_heap")
+    assert_reconciled(result)
+
+
+def test_shared_anonymous_is_shm_anon_not_pinned(capture):
+    result, _ = capture(["shared:128M", "sleep:0.3"])
+    p = process(result)
+    assert_near(growth(p, "shm_anon"), 128 * MiB, what="shm_anon")
+    assert growth(p, "cuda_pinned") == 0
+    assert "SHARED|ANON" in causes(result, "shm_anon")
+    assert_reconciled(result)
+
+
+def test_lazily_mapped_weights_half_touched(capture, tmp_path):
+    weights = tmp_path / "model.safetensors"
+    result, _ = capture([f"weights:{weights}:256M:0.5", "sleep:0.3"])
+    p = process(result)
+    assert_near(growth(p, "file_weights"), 128 * MiB, what="file_weights")
+    f = next(f for f in result["files"] if f["path"] == str(weights))
+    assert f["class"] == "file_weights"
+    assert_near(f["resident"], 128 * MiB, what="resident")
+    # Creating the file filled the whole of it into the page cache.
+    assert f["page_cache"] >= 128 * MiB
+    assert f["filled"] >= 128 * MiB
+    assert_reconciled(result)
+
+
+def test_dev_shm_mapped_by_two_processes_counts_once(capture):
+    name = f"ramwatchd-test-{os.getpid()}"
+    try:
+        result, _ = capture([f"shm:{name}:128M", f"spawn:attach:{name},sleep:30", "sleep:30"],
+                            "--duration", "4")
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+    mappers = [p for p in result["processes"] if p["latest"]["classes"]["shm_posix"] >= 120 * MiB]
+    assert len(mappers) == 2, [p["latest"]["classes"] for p in result["processes"]]
+    shared = next(s for s in result["shared"] if s["name"] == f"/dev/shm/{name}")
+    assert len(shared["pids"]) == 2
+    assert_near(shared["rss_max"], 128 * MiB, what="resident")
+    assert_near(shared["pss_sum"], 128 * MiB, what="node-level (PSS) sum")
+    assert_reconciled(result)
+
+
+def test_children_by_fork_and_by_spawn(capture):
+    result, _ = capture(["fork:anon:128M,sleep:0.5", "spawn:anon:64M,sleep:0.5", "wait"])
+    assert len(result["processes"]) == 3
+    root, forked, spawned = result["processes"]
+    assert forked["ppid"] == root["pid"] and spawned["ppid"] == root["pid"]
+    assert_near(growth(forked, "anon"), 128 * MiB, what="forked child's anon")
+    assert_near(growth(spawned, "anon"), 64 * MiB, what="spawned child's anon")
+    kinds = [(e["pid"], e["kind"]) for e in result["timeline"]]
+    assert (forked["pid"], "fork") in kinds and (spawned["pid"], "exec") in kinds
+    assert all(p["exited_at"] is not None for p in result["processes"])
+    assert_reconciled(result)
+
+
+def test_releases_by_madv_dontneed_and_munmap(capture):
+    result, _ = capture(["anon:256M", "sleep:0.3", "dontneed", "sleep:0.3",
+                         "anon:128M", "sleep:0.3", "unmap", "sleep:0.3"])
+    released = [e for e in result["timeline"] if e["kind"] == "release" and e["cls"] == "anon"]
+    assert_near(-sum(e["delta"] for e in released), 384 * MiB, what="released anon")
+    why = " ".join(e["cause"] for e in released)
+    assert "madvise DONTNEED 256.0 MiB" in why and "munmap 128.0 MiB" in why
+    assert_reconciled(result)
+
+
+def test_a_512_mib_spike_of_50_ms_is_seen(capture):
+    result, _ = capture(["sleep:0.3", "spike:512M:50", "sleep:0.3"])
+    spikes = result["spikes"]
+    assert len(spikes) == 1, spikes
+    spike = spikes[0]
+    assert_near(spike["size"], 512 * MiB, rel=0.1, what="spike")
+    assert spike["member"] == "anon"
+    assert spike["fall_t"] - spike["peak_t"] <= 0.1
+    peak = process(result)["peak"]
+    assert peak["bytes"] >= 512 * MiB
+    assert any(e["kind"] == "spike" for e in result["timeline"])
+    assert_reconciled(result)
+
+
+def test_phases_from_output_lines_and_marks(capture):
+    result, _ = capture(["mark:loading weights", "anon:64M", "sleep:0.3"])
+    phases = [(p["source"], p["name"]) for p in result["phases"]]
+    assert ("mark", "loading weights") in phases
+    assert ("output", "step anon:64M") in phases
+    grew = [e for e in result["timeline"] if e["kind"] == "grow" and e["cls"] == "anon"]
+    assert grew and grew[0]["phase"] == "step anon:64M"
+
+
+def test_attach_to_a_running_process_keeps_its_baseline(workload, tmp_path):
+    go = tmp_path / "go"
+    proc = workload(["anon:192M", "ready:READY", f"await:{go}", "anon:64M", "sleep:30"])
+    out = tmp_path / "attach.json"
+    ramwatchd = subprocess.Popen(RAMWATCHD + ["--pid", str(proc.pid), "--duration", "3", "--quiet",
+                                              "--json", str(out)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in ramwatchd.stderr:
+        if line.startswith("ramwatchd: tracing"):
+            go.touch()
+            break
+    stdout, stderr = ramwatchd.communicate(timeout=60)
+    assert ramwatchd.returncode == 0, stderr
+    result = json.loads(out.read_text())
+    p = process(result)
+    assert_near(p["baseline"]["classes"]["anon"], 192 * MiB, rel=0.1, what="anon before attach")
+    assert_near(growth(p, "anon"), 64 * MiB, what="anon after attach")
+    assert "baseline at attach" in stdout
+    assert_reconciled(result)
+
+
+def test_process_exiting_mid_capture_ends_it_cleanly(workload):
+    proc = workload(["anon:32M", "ready:READY", "sleep:1"])
+    done = run_ramwatchd(["--pid", str(proc.pid), "--duration", "60", "--quiet"])
+    assert done.returncode == 0, done.stderr
+    assert "ended: every traced process exited" in done.stdout
+    assert "ramwatchd summary" in done.stdout
