@@ -113,12 +113,9 @@ def test_phases_from_output_lines_and_marks(capture):
     assert grew and grew[0]["phase"] == "step anon:64M"
 
 
-def test_attach_to_a_running_process_keeps_its_baseline(workload, tmp_path):
-    go = tmp_path / "go"
-    proc = workload(["anon:192M", "ready:READY", f"await:{go}", "anon:64M", "sleep:30"])
-    out = tmp_path / "attach.json"
-    ramwatchd = subprocess.Popen(RAMWATCHD + ["--pid", str(proc.pid), "--duration", "3", "--quiet",
-                                              "--json", str(out)],
+def attach(pid, go, *options):
+    """Run `ramwatchd --pid`, and let the workload go on once it is tracing."""
+    ramwatchd = subprocess.Popen(RAMWATCHD + ["--pid", str(pid), "--quiet", *options],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in ramwatchd.stderr:
         if line.startswith("ramwatchd: tracing"):
@@ -126,6 +123,13 @@ def test_attach_to_a_running_process_keeps_its_baseline(workload, tmp_path):
             break
     stdout, stderr = ramwatchd.communicate(timeout=60)
     assert ramwatchd.returncode == 0, stderr
+    return stdout
+
+
+def test_attach_to_a_running_process_keeps_its_baseline(workload, tmp_path):
+    go, out = tmp_path / "go", tmp_path / "attach.json"
+    proc = workload(["anon:192M", "ready:READY", f"await:{go}", "anon:64M", "sleep:30"])
+    stdout = attach(proc.pid, go, "--duration", "3", "--json", str(out))
     result = json.loads(out.read_text())
     p = process(result)
     assert_near(p["baseline"]["classes"]["anon"], 192 * MiB, rel=0.1, what="anon before attach")
@@ -134,9 +138,9 @@ def test_attach_to_a_running_process_keeps_its_baseline(workload, tmp_path):
     assert_reconciled(result)
 
 
-def test_process_exiting_mid_capture_ends_it_cleanly(workload):
-    proc = workload(["anon:32M", "ready:READY", "sleep:1"])
-    done = run_ramwatchd(["--pid", str(proc.pid), "--duration", "60", "--quiet"])
-    assert done.returncode == 0, done.stderr
-    assert "ended: every traced process exited" in done.stdout
-    assert "ramwatchd summary" in done.stdout
+def test_process_exiting_mid_capture_ends_it_cleanly(workload, tmp_path):
+    go = tmp_path / "go"
+    proc = workload(["anon:32M", "ready:READY", f"await:{go}", "sleep:0.5"])
+    stdout = attach(proc.pid, go, "--duration", "60")
+    assert "ended: every traced process exited" in stdout
+    assert "ramwatchd summary" in stdout
