@@ -74,6 +74,11 @@ def check_pid(pid):
     return status
 
 
+def check_command(argv):
+    if shutil.which(argv[0]) is None:
+        raise TargetError(f"command not found: {argv[0]}")
+
+
 class Capture:
     def __init__(self, options: CaptureOptions, sink=lambda entry: None):
         self.options = options
@@ -140,8 +145,7 @@ class Capture:
 
         The gate is a shell waiting to read one byte on fd 3; tracing starts
         before the exec, so the program is seen from its first instruction."""
-        if shutil.which(argv[0]) is None:
-            raise TargetError(f"command not found: {argv[0]}")
+        check_command(argv)
         gate_r, gate_w = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:

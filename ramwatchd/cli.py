@@ -24,6 +24,13 @@ class CliError(Exception):
     """One line for the user, and exit status 1."""
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad arguments get one line naming what is wrong, and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _size(text):
     from .units import parse_bytes
     try:
@@ -65,7 +72,7 @@ def _capture_options(p):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ramwatchd", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Where did the host RAM go? Traces a process (tree) from the kernel and "
                     "prints a timeline of what grew, in which class and mapping, and why.")
@@ -156,7 +163,7 @@ def _capture(args, pid=None, argv=None):
     blockers = capture_blockers()
     if blockers:
         raise CliError(blockers[0] + " (run 'ramwatchd doctor' for every check)")
-    from .capture import Capture, CaptureOptions, TargetError
+    from .capture import Capture, CaptureOptions, TargetError, check_command, check_pid
     from .classes import DEFAULT_WEIGHT_PATTERNS, Classifier
     from .probes import ProbeError, ProbeOptions
     from .report import render_summary
@@ -171,6 +178,10 @@ def _capture(args, pid=None, argv=None):
                            fault_sample_period=max(1, args.fault_sample)),
         classifier=Classifier(args.weights or DEFAULT_WEIGHT_PATTERNS))
     show = (lambda e: None) if args.quiet else (lambda e: print(format_entry(e), flush=True))
+    try:   # check the target before spending a second on compiling
+        check_pid(pid) if pid is not None else check_command(argv)
+    except TargetError as err:
+        raise CliError(str(err)) from None
     print("ramwatchd: compiling and attaching the BPF programs...", file=sys.stderr, flush=True)
     try:
         cap = Capture(options, sink=show)
