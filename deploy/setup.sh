@@ -2,7 +2,13 @@
 # Prepare this machine for ramwatchd: distro bcc, kernel headers, tracefs, and a
 # virtualenv (.venv) holding the package. Safe to run again; it only adds what is missing.
 # Needs root (apt-get, /lib/modules, mount). Debian 12 or Ubuntu 22.04+.
+#
+#   deploy/setup.sh          set up only
+#   deploy/setup.sh demo     set up, then capture the built-in demo workload
+#   deploy/setup.sh test     set up, then run the test suite
 set -euo pipefail
+mode=${1:-}
+case "$mode" in ""|demo|test) ;; *) echo "usage: $0 [demo|test]" >&2; exit 2;; esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${RAMWATCHD_VENV:-$root/.venv}
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
@@ -69,3 +75,8 @@ install_packages
 install_headers
 mount_tracefs
 make_venv
+cd "$root"
+case "$mode" in
+  demo) exec "$venv/bin/ramwatchd" demo --json /tmp/ramwatchd-demo.json --png /tmp/ramwatchd-demo.png ;;
+  test) exec "$venv/bin/python" -m pytest -v ;;
+esac
