@@ -1,7 +1,6 @@
 """The ramwatchd command: capture (--pid, run), report, doctor and demo."""
 import argparse
 import json
-import os
 import sys
 
 from . import __version__

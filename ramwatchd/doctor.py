@@ -78,7 +78,11 @@ def check_headers():
         return False, "headers not checked: bcc is missing", SETUP
     except Exception:
         return False, f"kernel headers at {build} do not compile a probe", SETUP
-    return True, f"kernel headers compile a probe ({build.resolve()})", ""
+    where = build.resolve()
+    if platform.release() not in str(where):
+        return True, (f"kernel headers compile a probe ({where}, not this kernel's own: sound, "
+                      "since ramwatchd reads no kernel structs)"), ""
+    return True, f"kernel headers compile a probe ({where})", ""
 
 
 def check_uprobes():

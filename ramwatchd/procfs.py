@@ -165,14 +165,6 @@ def descendants_of(pid):
     return out
 
 
-def node_meminfo():
-    fields = {}
-    for line in _read(f"{PROC}/meminfo", "r").splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = int(value.split()[0]) << 10
-    return fields
-
-
 _CACHESTAT = 451   # the same number on every architecture (Linux 6.5+)
 
 

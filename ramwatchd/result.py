@@ -14,7 +14,7 @@ from .probes import kernel_dev_to_userspace
 from .spikes import find_spikes
 
 FORMAT = 1
-TOP_OBJECTS = 12
+OBJECTS_SAVED = 48   # per look: the largest objects, for report and the daemon
 
 
 def _snapshot(snap):
@@ -28,7 +28,7 @@ def _snapshot(snap):
 def _objects(snap):
     objs = sorted(snap.objects.values(), key=lambda o: -o.rss) if snap else []
     return [{"class": o.cls, "name": o.name, "rss": o.rss, "pss": o.pss, "mapped": o.mapped,
-             "dev": list(o.dev), "inode": o.inode} for o in objs if o.rss][:TOP_OBJECTS * 4]
+             "dev": list(o.dev), "inode": o.inode} for o in objs if o.rss][:OBJECTS_SAVED]
 
 
 def _process(rec, cap):

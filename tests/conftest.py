@@ -1,11 +1,9 @@
 """Shared helpers: every capture test runs the real ramwatchd on the real kernel
 against a real workload process (ramwatchd.workloads) whose allocations are known."""
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

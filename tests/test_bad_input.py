@@ -32,7 +32,6 @@ def test_a_kernel_thread():
 
 def test_a_thread_id_names_its_process():
     import threading
-    import time
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()

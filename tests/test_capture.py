@@ -3,8 +3,7 @@ import json
 import os
 import subprocess
 
-from conftest import (RAMWATCHD, MiB, assert_near, assert_reconciled, growth, process,
-                      run_ramwatchd)
+from conftest import RAMWATCHD, MiB, assert_near, assert_reconciled, growth, process
 
 
 def causes(result, cls):
