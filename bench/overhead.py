@@ -24,13 +24,20 @@ from ramwatchd.units import parse_bytes
 
 BUDGET_PCT = {"faults": 5.0, "weights": 2.0}
 CHUNK = 16 << 20
-# Both runs of a pair wait this long between "ready" and "go": in the traced run
-# it lets ramwatchd finish attaching and reach its steady polling loop, and the
-# base run waits the same so the two differ only by the capture.
-SETTLE_S = 0.5
+# Every run, base or traced, says "go" this long after its workload is ready, so
+# both follow the same timeline and differ only by the capture.
+GO_DELAY_S = 3.0
 ATTACH_TIMEOUT_S = 60     # bcc compiles for 1-2 s; far more means it is stuck
 RUN_TIMEOUT_S = 300
 EXIT_TIMEOUT_S = 60       # ramwatchd polls for the exit every 50 ms and then summarises
+
+# Free page reporting: on a VM, RAM left free for ~2 s goes back to the host
+# (virtio-balloon) and costs a host fault when used again. Measured here, a cold
+# 1 GiB read takes 0.6 s right after the eviction but 2 s after 3 s idle, and
+# first touches vary 2x. That is the host's cost, not the capture's, and it would
+# swamp the difference we look for. So each workload takes memory that was just
+# freed: the weights file is evicted just before "go", and the fault workload
+# touches and frees an untimed region of the same size after "go".
 
 # The fault workload is C, not Python: a Python loop of 262144 writes costs about
 # as much as the faults themselves and would dilute the overhead, and memset would
@@ -41,6 +48,12 @@ FAULT_C = r"""
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+
+static void touch(char *p, size_t size, size_t page)
+{
+	for (size_t i = 0; i < size; i += page)
+		((volatile char *)p)[i] = 1;
+}
 
 int main(int argc, char **argv)
 {
@@ -55,10 +68,16 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	if (read(0, &go, 1) != 1)
 		return 1;
+	char *warm = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (warm == MAP_FAILED || madvise(warm, size, MADV_NOHUGEPAGE)) {
+		perror("fault workload");
+		return 1;
+	}
+	touch(warm, size, page);    /* untimed: see "Free page reporting" in overhead.py */
+	munmap(warm, size);
 	struct timespec a, b;
 	clock_gettime(CLOCK_MONOTONIC, &a);
-	for (size_t i = 0; i < size; i += page)
-		((volatile char *)p)[i] = 1;
+	touch(p, size, page);
 	clock_gettime(CLOCK_MONOTONIC, &b);
 	printf("%.9f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
 	return 0;
@@ -163,16 +182,23 @@ def tail(log):
     return " | ".join(text.strip().splitlines()[-3:]) or "(no output)"
 
 
-def run_once(argv, ramwatchd, log):
-    """Start the workload, attach (or not), say go; return its own timing in seconds."""
+def run_once(argv, ramwatchd, log, go_delay, before_go):
+    """Start the workload, attach (or not), say go; return its own timing in seconds
+    and how long ramwatchd took to attach."""
     work = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     cap = None
     try:
         if work.stdout.readline() != b"ready\n":
             raise BenchError(f"workload {argv[0]} failed to start (exit {work.wait()})")
+        ready = time.monotonic()
         if ramwatchd:
             cap = start_capture(ramwatchd, work.pid, log)
-        time.sleep(SETTLE_S)
+        attach_s = time.monotonic() - ready
+        if attach_s > go_delay - 0.5:   # keep it steady for 0.5 s before go
+            raise BenchError(f"ramwatchd took {attach_s:.1f} s to attach: raise --go-delay "
+                             f"above {attach_s + 0.5:.1f} s so both runs of a pair wait alike")
+        time.sleep(ready + go_delay - time.monotonic())
+        before_go()
         out, _ = work.communicate(b"g", timeout=RUN_TIMEOUT_S)
         if work.returncode != 0:
             raise BenchError(f"workload {argv[0]} exited {work.returncode}")
@@ -180,7 +206,7 @@ def run_once(argv, ramwatchd, log):
             rc = cap.wait(timeout=EXIT_TIMEOUT_S)
             if rc != 0:
                 raise BenchError(f"ramwatchd exited {rc}: {tail(log)}")
-        return float(out)
+        return float(out), attach_s
     except subprocess.TimeoutExpired as err:
         raise BenchError(f"timed out after {err.timeout} s: {' '.join(err.cmd)}") from None
     finally:
@@ -190,19 +216,20 @@ def run_once(argv, ramwatchd, log):
                 p.wait()
 
 
-def measure(name, argv, prepare, ramwatchd, pairs, workdir):
+def measure(name, argv, before_go, ramwatchd, pairs, workdir, go_delay):
     """Warm-up pair (discarded), then `pairs` interleaved base/traced pairs."""
     times = {"base": [], "traced": []}
     total = 2 * (pairs + 1)
     for i in range(total):
         mode = "traced" if i % 2 else "base"
-        prepare()
-        t = run_once(argv, ramwatchd if mode == "traced" else None, workdir / f"{name}-{i}")
+        t, attach_s = run_once(argv, ramwatchd if mode == "traced" else None,
+                               workdir / f"{name}-{i}", go_delay, before_go)
         warmup = i < 2
         if not warmup:
             times[mode].append(t)
-        print(f"[{name} {i + 1}/{total}] {mode:6} {t:.4f} s{' (warm-up, discarded)' if warmup else ''}",
-              file=sys.stderr, flush=True)
+        print(f"[{name} {i + 1}/{total}] {mode:6} {t:.4f} s"
+              + (f" (attached in {attach_s:.1f} s)" if mode == "traced" else "")
+              + (" (warm-up, discarded)" if warmup else ""), file=sys.stderr, flush=True)
     return times
 
 
@@ -211,10 +238,11 @@ def measure(name, argv, prepare, ramwatchd, pairs, workdir):
 def summarise(name, times):
     base, traced = times["base"], times["traced"]
     slowdown = statistics.median(traced) / statistics.median(base) - 1
-    pair = statistics.median(t / b - 1 for b, t in zip(base, traced))
+    pairs = sorted(t / b - 1 for b, t in zip(base, traced))
     return {"base_s": base, "traced_s": traced,
             "median_base_s": statistics.median(base), "median_traced_s": statistics.median(traced),
-            "slowdown_pct": 100 * slowdown, "median_pair_slowdown_pct": 100 * pair,
+            "slowdown_pct": 100 * slowdown, "median_pair_slowdown_pct": 100 * statistics.median(pairs),
+            "pair_slowdown_range_pct": [100 * pairs[0], 100 * pairs[-1]],
             "budget_pct": BUDGET_PCT[name], "within_budget": 100 * slowdown <= BUDGET_PCT[name]}
 
 
@@ -225,6 +253,9 @@ def report(results):
         print("  traced " + " ".join(f"{t:.4f}" for t in r["traced_s"]))
         print(f"  median base {r['median_base_s']:.4f} s, traced {r['median_traced_s']:.4f} s: "
               f"slowdown {r['slowdown_pct']:+.2f} % (median of pair ratios {r['median_pair_slowdown_pct']:+.2f} %)")
+        # The spread says how far this machine's noise lets the verdict be trusted.
+        low, high = r["pair_slowdown_range_pct"]
+        print(f"  pairs range from {low:+.2f} % to {high:+.2f} %")
     for name, r in results.items():
         verdict = "within budget" if r["within_budget"] else "OVER BUDGET"
         print(f"verdict {name}: {r['slowdown_pct']:+.2f} % vs budget {r['budget_pct']:g} %: {verdict}")
@@ -243,6 +274,8 @@ def parse_args():
     p.add_argument("--fault-size", type=size, default=1 << 30, help="anonymous memory to touch (default 1GiB)")
     p.add_argument("--file-size", type=size, default=1 << 30, help="weights file to read (default 1GiB)")
     p.add_argument("--dir", default="/var/tmp", help="where the weights file goes; not tmpfs (default /var/tmp)")
+    p.add_argument("--go-delay", type=float, default=GO_DELAY_S, metavar="S",
+                   help=f"seconds from workload ready to go, in every run (default {GO_DELAY_S:g})")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = p.parse_args()
     if args.pairs < 1:
@@ -269,9 +302,9 @@ def bench(args):
         make_weights_file(weights, args.file_size)
         results = {
             "faults": measure("faults", [touch, str(args.fault_size)], lambda: None,
-                              ramwatchd, args.pairs, workdir),
+                              ramwatchd, args.pairs, workdir, args.go_delay),
             "weights": measure("weights", [sys.executable, __file__, "_read", str(weights)],
-                               lambda: evict(weights), ramwatchd, args.pairs, workdir),
+                               lambda: evict(weights), ramwatchd, args.pairs, workdir, args.go_delay),
         }
     finally:
         weights.unlink(missing_ok=True)
@@ -285,15 +318,15 @@ def main():
     args = parse_args()
     try:
         results = bench(args)
+        report(results)
+        if args.json:
+            config = {"pairs": args.pairs, "fault_size": args.fault_size, "file_size": args.file_size,
+                      "go_delay_s": args.go_delay, "warmup_pairs": 1}
+            with open(args.json, "w") as f:
+                json.dump({"config": config, "results": results}, f, indent=1)
     except (BenchError, OSError) as err:
         print(f"overhead: {err}", file=sys.stderr)
         return 1
-    report(results)
-    if args.json:
-        config = {"pairs": args.pairs, "fault_size": args.fault_size, "file_size": args.file_size,
-                  "settle_s": SETTLE_S, "warmup_pairs": 1}
-        with open(args.json, "w") as f:
-            json.dump({"config": config, "results": results}, f, indent=1)
     return 0
 
 
