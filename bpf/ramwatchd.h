@@ -17,7 +17,8 @@ enum event_kind {
 	EV_EXEC,
 	EV_EXIT,
 	EV_OOM_VICTIM,
-	EV_RSS_STEP,    /* a process's RSS moved by at least RSS_STEP_BYTES */
+	EV_RSS_STEP,    /* a process's RSS moved: rss[] holds it (EXACT_RSS) or is
+			 * zero, and user space reads the counters then */
 	EV_MARK,        /* madvise(name, 0, MADV_NORMAL): a phase mark */
 };
 
@@ -45,6 +46,11 @@ struct event {
 
 /* Per traced process, kept in the kernel and read by user space. */
 struct proc_state {
+	u32 tgid;                /* the owner of a slot; 0 when the slot is free */
+	u32 changes;             /* RSS counter changes since the last EV_RSS_STEP */
+	u64 last_step_ns;
+	u64 faults;              /* page faults, for sampling one in FAULT_SAMPLE_PERIOD */
+	/* EXACT_RSS only: */
 	u64 rss[NR_RSS_MEMBERS]; /* last rss_stat value per member, bytes */
 	u64 peak;                /* highest file+anon+shmem seen */
 	u64 peak_ns;

@@ -124,7 +124,7 @@ class Capture:
         self.probes.trace(pid, status.rss_members)
         t = self.now()
         rec = self.ledger.add(pid, t)
-        self.rss_series[pid] = [(t, status.vm_rss, status.rss_members)]
+        self._add_rss_point(pid, t, status.vm_rss, status.rss_members)
         if snapshot:
             self.ledger.refresh(rec, t, self.options.min_change)
         return rec
@@ -256,13 +256,9 @@ class Capture:
         if ev.kind in MM_SYSCALLS:
             if not ev.failed:
                 self.syscalls.setdefault(ev.pid, []).append(ev)
-                self.ledger.mark_dirty(ev.pid)
+                self._read_rss(ev.pid)   # the call just changed the mappings
         elif ev.kind == Kind.RSS_STEP:
-            series = self.rss_series.setdefault(ev.pid, [])
-            if series and ev.rss_total < series[-1][1]:
-                self._fell.add(ev.pid)
-            series.append((t, ev.rss_total, ev.rss))
-            self.ledger.mark_dirty(ev.pid)
+            self._on_rss_step(ev, t)
         elif ev.kind == Kind.FORK:
             self._on_fork(ev.ret, t)
         elif ev.kind == Kind.EXEC:
@@ -291,6 +287,32 @@ class Capture:
                                  f"{spike.hold_s * 1000:.0f} ms after its peak",
                                  delta=spike.size, rss_after=spike.peak))
 
+    def _on_rss_step(self, ev, t):
+        """The kernel saw the RSS move. Without EXACT_RSS the event carries no
+        sizes: read the kernel's counters now, which is when they are true."""
+        if any(ev.rss):
+            self._add_rss_point(ev.pid, t, ev.rss_total, ev.rss)
+            self.ledger.mark_dirty(ev.pid)
+        else:
+            self._read_rss(ev.pid)
+
+    def _read_rss(self, pid):
+        try:
+            status = procfs.read_status(pid)
+        except procfs.ProcessGone:
+            return
+        self._add_rss_point(pid, self.now(), status.vm_rss, status.rss_members)
+        self.ledger.mark_dirty(pid)
+
+    def _add_rss_point(self, pid, t, total, rss):
+        series = self.rss_series.setdefault(pid, [])
+        if series and total < series[-1][1]:
+            self._fell.add(pid)
+        series.append((t, total, rss))
+        rec = self.ledger.processes.get(pid)
+        if rec is not None and (rec.peak is None or total > rec.peak[0]):
+            rec.peak = (total, t, rss)
+
     def _on_fork(self, child, t):
         try:
             status = procfs.read_status(child)
@@ -299,9 +321,9 @@ class Capture:
         if status.tgid != child:
             self.probes.untrace(child)   # a new thread, not a process
             return
-        self.probes.seed_missing(child, status.rss_members)
+        self.probes.trace(child, status.rss_members)
         rec = self.ledger.add(child, t)
-        self.rss_series[child] = [(t, status.vm_rss, status.rss_members)]
+        self._add_rss_point(child, t, status.vm_rss, status.rss_members)
         self._emit(Entry(t, child, rec.comm, "fork", f"child of {status.ppid}"))
 
     def _on_exit(self, pid, t, peak=None):
@@ -309,7 +331,7 @@ class Capture:
         if rec is None or not rec.alive:
             return
         rec.exited_at = t
-        if peak and peak[0]:
+        if peak and peak[0] >= rec.peak[0]:
             rec.peak = peak
         self.probes.untrace(pid)
         self._emit(Entry(t, pid, rec.comm, "exit",
@@ -398,8 +420,8 @@ class Capture:
             if not rec.alive:
                 continue
             state = self.probes.rss_state(rec.pid)
-            if state is not None:
-                rss, peak, peak_ns, peak_rss = state
+            if state is not None and state[0] >= rec.peak[0]:
+                peak, peak_ns, peak_rss = state
                 rec.peak = (peak, self.kernel_t(peak_ns), peak_rss)
             if not os.path.exists(f"/proc/{rec.pid}"):
                 self._on_exit(rec.pid, now)

@@ -60,7 +60,11 @@ def _capture_options(p):
     g.add_argument("--min-change", type=_size, default="8MiB", metavar="SIZE",
                    help="smallest move of one mapping shown on the timeline (default 8MiB)")
     g.add_argument("--rss-step", type=_size, default="16MiB", metavar="SIZE",
-                   help="the kernel reports a process's RSS each time it moves this much (default 16MiB)")
+                   help="with --exact-rss: the kernel reports a process's RSS each time it moves "
+                        "this much (default 16MiB)")
+    g.add_argument("--exact-rss", action="store_true",
+                   help="keep exact RSS sizes and peaks in the kernel (kmem:rss_stat as a "
+                        "classic tracepoint: costlier per page fault; see README 'Overhead')")
     g.add_argument("--min-syscall", type=_size, default="1MiB", metavar="SIZE",
                    help="smaller mmap/munmap/madvise/mremap calls are not reported (default 1MiB)")
     g.add_argument("--fault-sample", type=int, default=64, metavar="N",
@@ -173,7 +177,8 @@ def _capture(args, pid=None, argv=None):
         duration=args.duration, min_change=args.min_change,
         spike_min_rise=args.spike,
         probe=ProbeOptions(follow_children=getattr(args, "children", False) or argv is not None,
-                           rss_step_bytes=args.rss_step, min_syscall_bytes=args.min_syscall,
+                           exact_rss=args.exact_rss, rss_step_bytes=args.rss_step,
+                           min_syscall_bytes=args.min_syscall,
                            fault_sample_period=max(1, args.fault_sample)),
         classifier=Classifier(args.weights or DEFAULT_WEIGHT_PATTERNS))
     show = (lambda e: None) if args.quiet else (lambda e: print(format_entry(e), flush=True))

@@ -39,24 +39,43 @@ def import_bcc():
     return bcc
 
 
+TRACED_SLOTS = 16384
+
+
 @dataclass
 class ProbeOptions:
     follow_children: bool = True
-    rss_step_bytes: int = 16 << 20
+    exact_rss: bool = False            # sizes from kmem:rss_stat itself: exact, costlier
+    rss_step_bytes: int = 16 << 20     # exact_rss: report RSS when it moves this much
+    rss_step_changes: int = 4096       # otherwise: after this many counter changes
+    rss_step_ms: int = 10              #   or this long after the last report
     min_syscall_bytes: int = 1 << 20
     fault_sample_period: int = 64
-    fault_region_shift: int = 21   # faults are counted per 2 MiB of address space
+    fault_region_shift: int = 21       # faults are counted per 2 MiB of address space
 
     def cflags(self):
         flags = [f"-DRSS_STEP_BYTES={self.rss_step_bytes}LL",
+                 f"-DRSS_STEP_CHANGES={self.rss_step_changes}",
+                 f"-DRSS_STEP_NS={self.rss_step_ms * 1000000}ULL",
                  f"-DMIN_SYSCALL_BYTES={self.min_syscall_bytes}UL",
+                 f"-DFAULT_SAMPLE_PERIOD={self.fault_sample_period}",
                  f"-DFAULT_REGION_SHIFT={self.fault_region_shift}",
-                 f"-DPAGE_BYTES={resource.getpagesize()}"]
+                 f"-DPAGE_BYTES={resource.getpagesize()}",
+                 f"-DTRACED_SLOTS={TRACED_SLOTS}"]
         if self.follow_children:
             flags.append("-DFOLLOW_CHILDREN")
+        if self.exact_rss:
+            flags.append("-DEXACT_RSS")
+        if self.faults_from_perf:
+            flags.append("-DFAULTS_FROM_PERF")
         if "group_dead" in _tracepoint_format("sched", "sched_process_exit"):
             flags.append("-DHAVE_EXIT_GROUP_DEAD")
         return flags
+
+    @property
+    def faults_from_perf(self):
+        """exceptions:page_fault_user is x86 only; elsewhere a perf event samples."""
+        return not _tracepoint_format("exceptions", "page_fault_user")
 
 
 def _tracepoint_format(group, name):
@@ -75,9 +94,10 @@ class Probes:
         try:
             self.bpf = bcc.BPF(src_file=str(src / "ramwatchd.bpf.c"),
                                cflags=options.cflags() + [f"-I{src}"])
-            self.bpf.attach_perf_event(
-                ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.PAGE_FAULTS,
-                fn_name=b"on_fault_sample", sample_period=options.fault_sample_period)
+            if options.faults_from_perf:
+                self.bpf.attach_perf_event(
+                    ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.PAGE_FAULTS,
+                    fn_name=b"on_fault_sample", sample_period=options.fault_sample_period)
         except Exception as err:  # bcc raises bare Exception for load and attach errors
             raise ProbeError(f"could not load the BPF programs: {err} "
                              "(run 'ramwatchd doctor' to see which prerequisite is missing)") from None
@@ -85,6 +105,7 @@ class Probes:
         self._pending = []
         self.bpf["events"].open_ring_buffer(self._on_record)
         self._traced = self.bpf["traced"]
+        self._slots = self.bpf["slots"]
 
     def _on_record(self, _ctx, data, _size):
         self._pending.append(events.decode(data))
@@ -96,44 +117,62 @@ class Probes:
         return out
 
     def trace(self, pid, rss_now):
-        """Start tracing pid; rss_now = (file, anon, swap, shmem) bytes seeds the
-        counters that rss_stat will keep exact from here on."""
-        state = self._traced.Leaf()
-        for member, value in enumerate(rss_now):
-            state.rss[member] = value
-        total = rss_now[events.FILE] + rss_now[events.ANON] + rss_now[events.SHMEM]
-        state.peak = state.last_step = total
-        state.peak_ns = time.monotonic_ns()
-        for member, value in enumerate(rss_now):
-            state.peak_rss[member] = value
-        self._traced[self._traced.Key(pid)] = state
-
-    def seed_missing(self, pid, rss_now):
-        """A forked child starts with counters the kernel copied silently; fill in
-        those members that no rss_stat event has set yet."""
-        key = self._traced.Key(pid)
-        try:
-            state = self._traced[key]
-        except KeyError:
-            return
+        """Trace pid from now on. rss_now = (file, anon, swap, shmem) bytes seeds
+        the counters the kernel has not reported yet (EXACT_RSS keeps them
+        exact from here on). A child the kernel added at fork keeps its state."""
+        state = self._state(pid) or self._traced.Leaf()
+        state.tgid = pid
         for member, value in enumerate(rss_now):
             if state.rss[member] == 0:
                 state.rss[member] = value
-        self._traced[key] = state
+        if state.peak == 0:
+            state.peak = state.last_step = rss_now[0] + rss_now[1] + rss_now[3]
+            state.peak_ns = time.monotonic_ns()
+            for member, value in enumerate(rss_now):
+                state.peak_rss[member] = value
+        self._place(pid, state)
 
-    def untrace(self, pid):
+    def _slot_key(self, pid):
+        return self._slots.Key(pid & (TRACED_SLOTS - 1))
+
+    def _state(self, pid):
+        slot = self._slots[self._slot_key(pid)]
+        if slot.tgid == pid:
+            return slot
+        try:
+            return self._traced[self._traced.Key(pid)]
+        except KeyError:
+            return None
+
+    def _place(self, pid, state):
+        """Into pid's slot if it is free (the fast path), else the hash."""
+        key = self._slot_key(pid)
+        if self._slots[key].tgid in (0, pid):
+            self._slots[key] = state
+            self._delete(pid)
+        else:
+            self._traced[self._traced.Key(pid)] = state
+
+    def _delete(self, pid):
         try:
             del self._traced[self._traced.Key(pid)]
         except KeyError:
             pass
 
+    def untrace(self, pid):
+        key = self._slot_key(pid)
+        slot = self._slots[key]
+        if slot.tgid == pid:
+            slot.tgid = 0
+            self._slots[key] = slot
+        self._delete(pid)
+
     def rss_state(self, pid):
-        """(rss per member, peak, peak_ns, rss per member at the peak) or None."""
-        try:
-            s = self._traced[self._traced.Key(pid)]
-        except KeyError:
+        """EXACT_RSS: (peak, peak_ns, rss per member at the peak), or None."""
+        s = self._state(pid)
+        if s is None or not self.options.exact_rss:
             return None
-        return tuple(s.rss), s.peak, s.peak_ns, tuple(s.peak_rss)
+        return s.peak, s.peak_ns, tuple(s.peak_rss)
 
     def drain_fault_samples(self):
         """{(pid, region_start): sampled faults} since the last drain, scaled to

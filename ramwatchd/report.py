@@ -111,17 +111,20 @@ def _peaks(result):
         peak = p.get("peak")
         if not peak:
             continue
-        largest = p.get("largest")
+        largest, latest = p.get("largest"), p.get("latest") or {}
         where = ""
         if largest:
             top = sorted(largest["classes"].items(), key=lambda kv: -kv[1])[:3]
             where = ", ".join(f"{c} {fmt_bytes(v)}" for c, v in top if v)
         rows.append([str(p["pid"]), p["comm"][:15], fmt_bytes(peak["bytes"]), f"{peak['t']:.2f}s",
                      f"anon {fmt_bytes(peak['anon'])} file {fmt_bytes(peak['file'])} shmem {fmt_bytes(peak['shmem'])}",
-                     where])
-    return [_section("peak RSS (exact, from the kernel's counters)"),
-            _table(rows, ["pid", "comm", "peak", "at", "counters at peak", "largest look: top classes"])
-            if rows else "  none"]
+                     fmt_bytes(latest.get("vm_hwm", 0)), where])
+    how = ("exact, kept in the kernel" if result["options"].get("exact_rss")
+           else "the kernel's counters, read each time they moved")
+    return [_section(f"peak RSS ({how})"),
+            _table(rows, ["pid", "comm", "peak", "at", "counters at peak", "VmHWM",
+                          "largest look: top classes"]) if rows else "  none",
+            "  VmHWM is the kernel's own high-water mark since the process started."]
 
 
 def _spikes(result):

@@ -22,7 +22,7 @@ def _snapshot(snap):
         return None
     return {"t": snap.t, "vm_rss": snap.vm_rss, "classes": snap.classes, "pss": snap.pss,
             "rss_anon": snap.status.rss_anon, "rss_file": snap.status.rss_file,
-            "rss_shmem": snap.status.rss_shmem, "drift": snap.drift, "reconciled": snap.reconciled}
+            "rss_shmem": snap.status.rss_shmem, "vm_hwm": snap.status.vm_hwm, "drift": snap.drift, "reconciled": snap.reconciled}
 
 
 def _objects(snap):
@@ -102,7 +102,8 @@ def build_result(cap):
         "duration_s": cap.now(), "ended_because": cap.ended_because,
         "target": cap.target, "exit_code": cap.exit_code,
         "classes": list(CLASSES),
-        "options": {"rss_step_bytes": cap.options.probe.rss_step_bytes,
+        "options": {"exact_rss": cap.options.probe.exact_rss,
+                    "rss_step_bytes": cap.options.probe.rss_step_bytes,
                     "min_syscall_bytes": cap.options.probe.min_syscall_bytes,
                     "fault_sample_period": cap.options.probe.fault_sample_period,
                     "min_change": cap.options.min_change,

@@ -37,13 +37,18 @@ def find_spikes(pid, series, min_rise=DEFAULT_MIN_RISE, max_hold_s=DEFAULT_MAX_H
     n = len(series)
     for i in range(1, n):
         t_peak, peak, members = series[i]
-        if series[i - 1][1] >= peak or (i + 1 < n and series[i + 1][1] >= peak):
-            continue  # not the top of a peak
+        if series[i - 1][1] >= peak:
+            continue  # not where a rise tops out
+        top = i
+        while top + 1 < n and series[top + 1][1] == peak:
+            top += 1  # a flat top counts once
+        if top + 1 < n and series[top + 1][1] > peak:
+            continue  # still rising
         start = i
         while start > 0 and series[start - 1][1] < series[start][1]:
             start -= 1
         base = series[start][1]
-        fall = next((j for j in range(i + 1, n) if series[j][1] <= peak - min_rise), None)
+        fall = next((j for j in range(top + 1, n) if series[j][1] <= peak - min_rise), None)
         if peak - base < min_rise or fall is None or series[fall][0] - t_peak > max_hold_s:
             continue
         # Follow the fall to its bottom, as long as it is one quick release.

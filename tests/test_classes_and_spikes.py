@@ -66,6 +66,12 @@ def test_a_short_rise_and_fall_is_a_spike():
     assert abs(spike.hold_s - 0.05) < 1e-9
 
 
+def test_a_flat_top_is_one_spike():
+    s = series((0.0, 100), (1.0, 612), (1.0, 612), (1.03, 612), (1.05, 100))
+    (spike,) = find_spikes(7, s)
+    assert spike.peak_t == 1.0 and abs(spike.hold_s - 0.05) < 1e-9
+
+
 def test_memory_that_stays_is_no_spike():
     assert find_spikes(7, series((0.0, 100), (1.0, 612), (1.5, 100))) == []   # held 500 ms
     assert find_spikes(7, series((0.0, 100), (1.0, 300), (1.05, 100))) == []  # rose 200 MiB
