@@ -92,13 +92,16 @@ static __always_inline struct event *new_event(u32 kind)
  * counters from /proc/PID/status right then. EXACT_RSS keeps the exact
  * per-member sizes and peaks in the kernel instead, at the higher cost. */
 
+/* No wakeup: user space drains the buffer every 50 ms anyway, and a wakeup
+ * costs the faulting CPU an interrupt. Syscall events, which mark the moments
+ * that matter (the end of a populate, an munmap), force one. */
 static __always_inline void emit_rss_step(struct proc_state *st)
 {
 	struct event *e = new_event(EV_RSS_STEP);
 	if (!e)
 		return;
 	__builtin_memcpy(e->rss, st->rss, sizeof(e->rss));
-	events.ringbuf_submit(e, 0);
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
 #ifdef EXACT_RSS
@@ -186,7 +189,7 @@ static __always_inline void syscall_exit(s64 ret)
 		e->fd = args->fd;
 		e->ret = ret;
 		__builtin_memcpy(e->name, args->name, sizeof(e->name));
-		events.ringbuf_submit(e, 0);
+		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	}
 	inflight.delete(&tid);
 }

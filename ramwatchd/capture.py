@@ -36,7 +36,7 @@ class CaptureOptions:
     children: bool = False
     duration: float = None
     min_change: int = 8 << 20        # smaller moves of one object stay off the timeline
-    refresh_interval: float = 0.1
+    refresh_interval: float = 0.25
     spike_min_rise: int = DEFAULT_MIN_RISE
     spike_max_hold_s: float = DEFAULT_MAX_HOLD_S
     probe: ProbeOptions = field(default_factory=ProbeOptions)
@@ -91,6 +91,7 @@ class Capture:
         self.syscalls = {}          # pid -> [MemEvent] since its last refresh
         self.fault_samples = {}     # pid -> {region_start: estimated faults}
         self.fault_classes = {}     # pid -> {class: estimated faults}
+        self.moved_at = {}          # pid -> when the kernel last saw its memory move
         self.file_paths = {}        # (dev, ino) as stat() gives them -> path
         self.page_cache_filled = {}  # (kernel dev, ino) -> (added, removed) bytes
         self.kernel_stats = {}
@@ -253,6 +254,8 @@ class Capture:
 
     def _on_event(self, ev):
         t = self.kernel_t(ev.ts_ns)
+        if ev.kind in MM_SYSCALLS or ev.kind == Kind.RSS_STEP:
+            self.moved_at[ev.pid] = t
         if ev.kind in MM_SYSCALLS:
             if not ev.failed:
                 self.syscalls.setdefault(ev.pid, []).append(ev)
@@ -384,8 +387,7 @@ class Capture:
         faults = self._attribute_faults(rec)
         # The change happened before this look: name the phase of the kernel's
         # last report of movement, not the phase we are in now.
-        series = self.rss_series.get(rec.pid)
-        moved_at = series[-1][0] if series else now
+        moved_at = self.moved_at.get(rec.pid, now)
         for ch in changes:
             cause = _cause(ch, calls, faults.get((ch.cls, ch.name), 0))
             self._emit(Entry(now, rec.pid, rec.comm, "grow" if ch.delta > 0 else "release",

@@ -48,7 +48,7 @@ class ProbeOptions:
     exact_rss: bool = False            # sizes from kmem:rss_stat itself: exact, costlier
     rss_step_bytes: int = 16 << 20     # exact_rss: report RSS when it moves this much
     rss_step_changes: int = 4096       # otherwise: after this many counter changes
-    rss_step_ms: int = 10              #   or this long after the last report
+    rss_step_ms: int = 20              #   or this long after the last report
     min_syscall_bytes: int = 1 << 20
     fault_sample_period: int = 64
     fault_region_shift: int = 21       # faults are counted per 2 MiB of address space
@@ -113,6 +113,7 @@ class Probes:
     def poll(self, timeout_ms):
         """Wait up to timeout_ms for kernel events; return those that arrived."""
         self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()   # records sent without a wakeup
         out, self._pending = self._pending, []
         return out
 

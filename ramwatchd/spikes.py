@@ -45,7 +45,7 @@ def find_spikes(pid, series, min_rise=DEFAULT_MIN_RISE, max_hold_s=DEFAULT_MAX_H
         if top + 1 < n and series[top + 1][1] > peak:
             continue  # still rising
         start = i
-        while start > 0 and series[start - 1][1] < series[start][1]:
+        while start > 0 and series[start - 1][1] <= series[start][1]:
             start -= 1
         base = series[start][1]
         fall = next((j for j in range(top + 1, n) if series[j][1] <= peak - min_rise), None)

@@ -3,6 +3,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from conftest import RAMWATCHD, MiB, assert_near, assert_reconciled, growth, process
 
 
@@ -89,8 +91,9 @@ def test_releases_by_madv_dontneed_and_munmap(capture):
     assert_reconciled(result)
 
 
-def test_a_512_mib_spike_of_50_ms_is_seen(capture):
-    result, _ = capture(["sleep:0.3", "spike:512M:50", "sleep:0.3"])
+@pytest.mark.parametrize("mode", [[], ["--exact-rss"]], ids=["counters-read-on-change", "exact-rss"])
+def test_a_512_mib_spike_of_50_ms_is_seen(capture, mode):
+    result, _ = capture(["sleep:0.3", "spike:512M:50", "sleep:0.3"], *mode)
     spikes = result["spikes"]
     assert len(spikes) == 1, spikes
     spike = spikes[0]

@@ -66,8 +66,8 @@ def test_a_short_rise_and_fall_is_a_spike():
     assert abs(spike.hold_s - 0.05) < 1e-9
 
 
-def test_a_flat_top_is_one_spike():
-    s = series((0.0, 100), (1.0, 612), (1.0, 612), (1.03, 612), (1.05, 100))
+def test_a_flat_top_is_one_spike_and_flat_steps_on_the_way_up_are_part_of_its_rise():
+    s = series((0.0, 100), (0.5, 300), (0.5, 300), (1.0, 612), (1.0, 612), (1.03, 612), (1.05, 100))
     (spike,) = find_spikes(7, s)
     assert spike.peak_t == 1.0 and abs(spike.hold_s - 0.05) < 1e-9
 
