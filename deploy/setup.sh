@@ -17,7 +17,8 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 export DEBIAN_FRONTEND=noninteractive
 
 install_packages() {
-  local want=(python3-bpfcc libbpfcc python3-venv prometheus curl gcc make libc6-dev)
+  # prometheus (and promtool), openssl and systemd's systemd-analyze serve the tests.
+  local want=(python3-bpfcc libbpfcc python3-venv prometheus curl gcc libc6-dev openssl systemd)
   local missing=()
   for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -68,7 +69,8 @@ make_venv() {
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
   "$venv/bin/pip" install -q --disable-pip-version-check -e "$root[test,report]"
-  say "ramwatchd installed in $venv ($("$venv/bin/ramwatchd" --version))"
+  ln -sfn "$venv/bin/ramwatchd" /usr/local/bin/ramwatchd   # where deploy/systemd expects it
+  say "ramwatchd installed in $venv ($("$venv/bin/ramwatchd" --version)), linked from /usr/local/bin"
 }
 
 install_packages

@@ -209,3 +209,73 @@ def open_files(pid):
         if path.startswith("/"):
             out[(st.st_dev, st.st_ino)] = path
     return out
+
+
+# ---- for the node-wide daemon -------------------------------------------------
+
+def list_pids():
+    return [int(d) for d in os.listdir(PROC) if d.isdigit()]
+
+
+def read_exe(pid):
+    try:
+        return os.readlink(f"{PROC}/{pid}/exe")
+    except FileNotFoundError:
+        raise ProcessGone(pid) from None
+    except OSError:
+        return ""
+
+
+def read_cgroup(pid):
+    """The process's memory cgroup path: the v2 unified one, else v1's memory."""
+    unified = ""
+    for line in _read(f"{PROC}/{pid}/cgroup", "r").splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0":
+            unified = path
+        elif "memory" in controllers.split(","):
+            return path
+    return unified
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup_memory(path):
+    """(anon, file, shmem) bytes charged to a cgroup, from memory.stat, or None."""
+    for stat_file, keys in ((f"{CGROUP_ROOT}{path}/memory.stat", ("anon", "file", "shmem")),
+                            (f"{CGROUP_ROOT}/memory{path}/memory.stat", ("rss", "cache", "shmem"))):
+        try:
+            with open(stat_file) as f:
+                fields = dict(line.split() for line in f)
+        except OSError:
+            continue
+        return tuple(int(fields.get(k, 0)) for k in keys)
+    return None
+
+
+def node_meminfo():
+    """/proc/meminfo in bytes."""
+    out = {}
+    for line in _read(f"{PROC}/meminfo", "r").splitlines():
+        key, _, value = line.partition(":")
+        out[key] = int(value.split()[0]) << 10
+    return out
+
+
+def shm_objects(root="/dev/shm"):
+    """{(dev, inode): (name, resident bytes)} of the files in /dev/shm."""
+    out = {}
+    try:
+        entries = os.scandir(root)
+    except OSError:
+        return out
+    with entries:
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if e.is_file(follow_symlinks=False):
+                out[(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)] = (e.name, st.st_blocks * 512)
+    return out

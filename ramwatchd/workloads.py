@@ -21,6 +21,7 @@ Steps (sizes take units: 256M, 1G):
     wait                  wait for children
     ready:PATH            create PATH (tests wait for it) and go on
     await:PATH            wait until PATH exists (tests create it)
+    tag:NAME              nothing: a word in the command line to match the process by
 """
 import ctypes
 import mmap
@@ -155,6 +156,9 @@ class Workload:
         for child in self.children:
             child.wait() if isinstance(child, subprocess.Popen) else os.waitpid(child, 0)
         self.children = []
+
+    def do_tag(self, _):
+        pass
 
     def do_await(self, arg):
         while not os.path.exists(arg):

@@ -1,0 +1,345 @@
+"""The node-wide daemon: every process on the node, grouped as the config says,
+classified and kept current for the Prometheus exporter.
+
+The same stages as a capture (probes -> events -> ledger); exporter.py is its
+view. The kernel tells which processes changed; only those are read again, at
+most every collection.smaps_min_interval each and collection.smaps_per_second in
+all. Scrapes read the aggregates kept here and never touch /proc/PID/smaps.
+"""
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import config as configuration
+from . import procfs
+from .classes import CLASSES, Classifier, FILE_WEIGHTS, SHM_POSIX
+from .events import Kind
+from .ledger import Ledger
+from .probes import ProbeOptions, Probes
+
+log = logging.getLogger("ramwatchd")
+
+POLL_MS = 200
+STATUS_MIN_INTERVAL_S = 1.0   # VmRSS of one process is read at most this often
+FAULTS_INTERVAL_S = 1.0       # fault samples are drained and attributed this often
+OTHER = "other"               # where processes go once max_groups is reached
+
+
+@dataclass
+class Member:
+    """A process as the daemon sees it: its group and its last VmRSS."""
+    pid: int
+    group: str
+    cgroup: str
+    rss: int = 0
+    last_status: float = 0.0
+
+
+@dataclass
+class NodeState:
+    """What the node tier reads: memory, cgroups, /dev/shm and weights in the page cache."""
+    meminfo: dict = field(default_factory=dict)
+    cgroups: dict = field(default_factory=dict)      # path -> (anon, file, shmem)
+    shm: list = field(default_factory=list)          # (name, bytes, mapping processes)
+    page_cache: dict = field(default_factory=dict)   # path -> bytes cached
+    shm_orphaned: int = 0                            # /dev/shm bytes no process maps
+
+
+class Daemon:
+    def __init__(self, config):
+        self.config = config
+        self.probes = Probes(ProbeOptions(trace_all=True, follow_children=False,
+                                          mm_syscalls=False, page_cache_fills=False))
+        self.ledger = Ledger(Classifier(config.weights), keep_history=False,
+                             min_interval=config.collection.smaps_min_interval_s)
+        self.lock = threading.Lock()
+        self.members = {}
+        self.groups_seen = set()
+        self.group_rss = Counter()            # group -> sum of its members' VmRSS
+        self.group_peaks = {}                 # group -> highest such sum seen
+        self.faults = Counter()               # (group, class) -> estimated faults
+        self.oom_kills = Counter()            # group -> OOM victims
+        self.cut = Counter()                  # limit -> series cut by it
+        self.durations = {}                   # tier -> seconds its last run took
+        self.smaps_reads = 0
+        self.node = NodeState()
+        self._tokens = 0.0
+        self._last = {"tokens": time.monotonic(), "faults": 0.0, "discovery": -1e9, "node": -1e9}
+        self._stop = threading.Event()
+        self._reload_requested = False
+
+    # ---- control -----------------------------------------------------------
+
+    def install_signals(self, config_path):
+        self.config_path = config_path
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload_requested", True))
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+
+    def stop(self):
+        self._stop.set()
+
+    def reload(self):
+        """SIGHUP: read the config again; a bad one keeps the old and says why."""
+        self._reload_requested = False
+        if not getattr(self, "config_path", None):
+            log.info("reload: no --config was given; nothing to reload")
+            return
+        try:
+            new = configuration.load(self.config_path)
+        except configuration.ConfigError as err:
+            log.error("reload failed, keeping the old config: %s", err)
+            return
+        if (new.address, new.port, new.web) != (self.config.address, self.config.port, self.config.web):
+            log.warning("reload: listen and web settings change only on restart")
+        with self.lock:
+            self.config = new
+            self.ledger.classifier = Classifier(new.weights)
+            self.ledger.min_interval = new.collection.smaps_min_interval_s
+            self.groups_seen.clear()
+            for m in self.members.values():
+                self._move(m, self._group_of(m.pid, m.cgroup) or OTHER)
+                self.ledger.mark_dirty(m.pid)
+        log.info("reloaded %s", self.config_path)
+
+    # ---- the loop ----------------------------------------------------------
+
+    def run(self):
+        with self.lock:
+            self._tier("discovery", self.discover)
+        while not self._stop.is_set():
+            events = self.probes.poll(POLL_MS)
+            now = time.monotonic()
+            with self.lock:
+                for ev in events:
+                    self.on_event(ev, now)
+                self._refresh_due(now)
+                self._periodic(now)
+            if self._reload_requested:
+                self.reload()
+        self.probes.close()
+
+    def _periodic(self, now):
+        col = self.config.collection
+        if now - self._last["faults"] >= FAULTS_INTERVAL_S:
+            self._last["faults"] = now
+            self._tier("faults", self.attribute_faults)
+        if now - self._last["discovery"] >= col.discovery_interval_s:
+            self._last["discovery"] = now
+            self._tier("discovery", self.discover)
+        if now - self._last["node"] >= col.node_interval_s:
+            self._last["node"] = now
+            self._tier("node", self.read_node)
+
+    def _tier(self, name, work):
+        started = time.monotonic()
+        work()
+        self.durations[name] = time.monotonic() - started
+
+    # ---- processes ---------------------------------------------------------
+
+    def on_event(self, ev, now):
+        if ev.kind == Kind.EXIT:
+            self.forget(ev.pid)
+        elif ev.kind == Kind.OOM_VICTIM:
+            member = self.members.get(ev.ret)
+            self.oom_kills[member.group if member else OTHER] += 1
+        elif ev.kind in (Kind.RSS_STEP, Kind.EXEC):
+            member = self.members.get(ev.pid) or self.add(ev.pid)
+            if member is None:
+                return
+            if ev.kind == Kind.EXEC:
+                self.ledger.refresh_comm(ev.pid)
+                self._move(member, self._group_of(ev.pid, member.cgroup) or OTHER)
+            self.ledger.mark_dirty(ev.pid)
+            if now - member.last_status >= STATUS_MIN_INTERVAL_S:
+                self._read_rss(member, now)
+
+    def add(self, pid):
+        """Start watching pid; None for kernel threads and processes already gone."""
+        try:
+            status = procfs.read_status(pid)
+            if status.is_kernel_thread or status.tgid != pid:
+                return None
+            cgroup = procfs.read_cgroup(pid)
+            group = self._group_of(pid, cgroup)
+            self.ledger.add(pid, time.monotonic())
+        except procfs.ProcessGone:
+            return None
+        if group is None:
+            return None
+        member = Member(pid, group, cgroup, last_status=time.monotonic())
+        self.members[pid] = member
+        self._set_rss(member, status.vm_rss)
+        return member
+
+    def forget(self, pid):
+        member = self.members.pop(pid, None)
+        if member is not None:
+            self._set_rss(member, 0)
+        self.ledger.processes.pop(pid, None)
+
+    def _set_rss(self, member, rss):
+        """Keep the group's VmRSS sum, and its peak, as one member's changes."""
+        self.group_rss[member.group] += rss - member.rss
+        member.rss = rss
+        total = self.group_rss[member.group]
+        if total > self.group_peaks.get(member.group, 0):
+            self.group_peaks[member.group] = total
+        if total <= 0 and not any(m.group == member.group for m in self.members.values()):
+            del self.group_rss[member.group]   # the group is gone: its series go too
+            self.group_peaks.pop(member.group, None)
+
+    def _move(self, member, group):
+        if group != member.group:
+            rss = member.rss
+            self._set_rss(member, 0)
+            member.group = group
+            self._set_rss(member, rss)
+
+    def _group_of(self, pid, cgroup):
+        """The group pid falls in, or None if no group matches it."""
+        rec = self.ledger.processes.get(pid)
+        try:
+            comm = rec.comm if rec else procfs.read_status(pid).name
+            cmdline = rec.cmdline if rec else procfs.read_cmdline(pid)
+            exe = procfs.read_exe(pid)
+        except procfs.ProcessGone:
+            return None
+        for g in self.config.groups:
+            captures = []
+            for pattern, text in ((g.comm, comm), (g.exe, exe), (g.cmdline, cmdline), (g.cgroup, cgroup)):
+                if pattern is None:
+                    continue
+                m = pattern.search(text)
+                if m is None:
+                    break
+                captures += [c or "" for c in m.groups()]
+            else:
+                name = configuration.group_name(g.name, captures, comm=comm,
+                                                exe=os.path.basename(exe), cgroup=cgroup)
+                return self._within_limit(name)
+        return None
+
+    def _within_limit(self, name):
+        if name not in self.groups_seen:
+            if len(self.groups_seen) >= self.config.limits.max_groups:
+                self.cut["groups"] += 1
+                return OTHER
+            self.groups_seen.add(name)
+        return name
+
+    def _read_rss(self, member, now):
+        try:
+            self._set_rss(member, procfs.read_status(member.pid).vm_rss)
+        except procfs.ProcessGone:
+            self.forget(member.pid)
+            return
+        member.last_status = now
+
+    def _refresh_due(self, now):
+        """Read smaps of the processes that changed, within the node-wide budget."""
+        rate = self.config.collection.smaps_per_second
+        self._tokens = min(rate, self._tokens + (now - self._last["tokens"]) * rate)
+        self._last["tokens"] = now
+        for rec in list(self.ledger.due(now)):
+            if self._tokens < 1:
+                return
+            self._tokens -= 1
+            try:
+                self.ledger.refresh(rec, now, min_change=0)
+                self.smaps_reads += 1
+            except procfs.ProcessGone:
+                self.forget(rec.pid)
+                continue
+            member = self.members.get(rec.pid)
+            if member is not None:
+                self._set_rss(member, rec.latest.vm_rss)
+                member.last_status = now
+
+    # ---- tiers -------------------------------------------------------------
+
+    def discover(self):
+        """Watch processes BPF has not shown yet; drop those whose exit was missed."""
+        alive = set(procfs.list_pids())
+        for pid in list(self.members):
+            if pid not in alive:
+                self.forget(pid)
+        for pid in alive - set(self.members):
+            self.add(pid)
+
+    def attribute_faults(self):
+        """Sampled faults -> the class of the mapping they fell in, per group."""
+        for (pid, region), n in self.probes.drain_fault_samples().items():
+            member, rec = self.members.get(pid), self.ledger.processes.get(pid)
+            hit = rec.latest.object_at(region) if rec and rec.latest else None
+            if member is None or hit is None:
+                self.cut["faults_unattributed"] += n
+                continue
+            self.faults[(member.group, hit.cls)] += n
+
+    def read_node(self):
+        self.node.meminfo = procfs.node_meminfo()
+        self.node.cgroups = self._cgroups()
+        self.node.shm = self._shm()
+        self.node.page_cache = self._page_cache()
+
+    def _cgroups(self):
+        paths = sorted({m.cgroup for m in self.members.values()})
+        limit = self.config.limits.max_cgroups
+        self.cut["cgroups"] += max(0, len(paths) - limit)
+        out = {}
+        for path in paths[:limit]:
+            charged = procfs.cgroup_memory(path)
+            if charged is not None:
+                out[path or "/"] = charged
+        return out
+
+    def _mapped_objects(self, cls):
+        """{(major, minor, inode): (name, [resident per process])} of one class."""
+        out = {}
+        for rec in self.ledger.processes.values():
+            for o in (rec.latest.objects.values() if rec.latest else ()):
+                if o.cls == cls and o.inode:
+                    out.setdefault((*o.dev, o.inode), (o.name, []))[1].append(o.rss)
+        return out
+
+    def _shm(self):
+        mapped = self._mapped_objects(SHM_POSIX)
+        objects = sorted(procfs.shm_objects().items(), key=lambda kv: -kv[1][1])
+        limit = self.config.limits.max_shm_objects
+        self.cut["shm_objects"] += max(0, len(objects) - limit)
+        # Orphans are summed over all objects, shown or not.
+        self.node.shm_orphaned = sum(size for key, (_, size) in objects if key not in mapped)
+        return [(name, size, len(mapped.get(key, ("", []))[1])) for key, (name, size) in objects[:limit]]
+
+    def _page_cache(self):
+        files = sorted(self._mapped_objects(FILE_WEIGHTS).values(), key=lambda v: -max(v[1]))
+        limit = self.config.limits.max_files
+        self.cut["files"] += max(0, len(files) - limit)
+        out = {}
+        for name, _ in files[:limit]:
+            cached = procfs.page_cache_bytes(name.removesuffix(" (deleted)"))
+            if cached is not None:
+                out[name] = cached
+        return out
+
+    # ---- what the exporter reads -------------------------------------------
+
+    def aggregate(self):
+        """Per (group, class): resident and proportional bytes; per group: processes.
+        Called by the exporter at scrape time, under self.lock."""
+        resident, proportional, processes = Counter(), Counter(), Counter()
+        for m in self.members.values():
+            processes[m.group] += 1
+            rec = self.ledger.processes.get(m.pid)
+            if rec is None or rec.latest is None:
+                continue
+            for cls in CLASSES:
+                resident[(m.group, cls)] += rec.latest.classes[cls]
+                proportional[(m.group, cls)] += rec.latest.pss[cls]
+        return resident, proportional, processes
