@@ -6,6 +6,9 @@
  *
  * Build-time knobs (-D from ramwatchd/probes.py):
  *   FOLLOW_CHILDREN        trace children of traced processes as they fork
+ *   TRACE_ALL              trace every process (the daemon): claim state on first sight
+ *   MM_SYSCALLS            attach the mm syscall programs (captures)
+ *   PAGE_CACHE_FILLS       attach the filemap programs (captures)
  *   EXACT_RSS              read sizes from kmem:rss_stat itself (see the RSS section)
  *   RSS_STEP_BYTES         EXACT_RSS: emit EV_RSS_STEP when RSS moves this much
  *   RSS_STEP_CHANGES       otherwise: emit it after this many counter changes,
@@ -50,11 +53,25 @@ static __always_inline u32 current_tgid(void)
 
 static __always_inline struct proc_state *traced_state(u32 tgid)
 {
+	if (!tgid)
+		return NULL;   /* the idle task; 0 also marks a free slot */
 	u32 slot = tgid & (TRACED_SLOTS - 1);
 	struct proc_state *st = slots.lookup(&slot);
 	if (st && st->tgid == tgid)
 		return st;
+#ifdef TRACE_ALL
+	/* Two CPUs may claim one free slot at once: one wins, the other's
+	 * process goes on through the hash below next time. */
+	if (st && st->tgid == 0) {
+		__builtin_memset(st, 0, sizeof(*st));
+		st->tgid = tgid;
+		return st;
+	}
+	struct proc_state fresh = { .tgid = tgid };
+	return traced.lookup_or_try_init(&tgid, &fresh);
+#else
 	return traced.lookup(&tgid);
+#endif
 }
 
 static __always_inline bool is_traced(u32 tgid)
@@ -155,6 +172,7 @@ RAW_TRACEPOINT_PROBE(rss_stat)
 #endif
 
 /* ---- mm syscalls: arguments at enter, result at exit -------------------- */
+#ifdef MM_SYSCALLS
 
 static __always_inline void syscall_enter(u32 kind, u64 addr, u64 len, u64 prot,
 					  u64 flags, s32 fd)
@@ -280,6 +298,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create)
 	return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_memfd_create) { syscall_exit(args->ret); return 0; }
+#endif /* MM_SYSCALLS */
 
 /* ---- Page faults: one in FAULT_SAMPLE_PERIOD, counted per region --------- */
 
@@ -320,6 +339,7 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 #endif
 
 /* ---- Page cache filled by traced processes, per (device, inode) --------- */
+#ifdef PAGE_CACHE_FILLS
 
 TRACEPOINT_PROBE(filemap, mm_filemap_add_to_page_cache)
 {
@@ -345,6 +365,7 @@ TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
 		__sync_fetch_and_add(&fc->removed, (u64)PAGE_BYTES << args->order);
 	return 0;
 }
+#endif /* PAGE_CACHE_FILLS */
 
 /* ---- The process tree: fork, exec, exit, OOM ---------------------------- */
 

@@ -63,10 +63,12 @@ def check_pid(pid):
     """Raise TargetError unless pid is a user-space process we can trace."""
     try:
         status = procfs.read_status(pid)
+        procfs.read_smaps(pid)
+    except procfs.ProcessHidden as err:
+        raise TargetError(f"not allowed to read {err}: ramwatchd needs root "
+                          "(or CAP_SYS_PTRACE) in the process's namespace") from None
     except procfs.ProcessGone:
         raise TargetError(f"no process with pid {pid}") from None
-    except PermissionError:
-        raise TargetError(f"not allowed to read /proc/{pid}: run as root") from None
     if status.is_kernel_thread:
         raise TargetError(f"pid {pid} ({status.name}) is a kernel thread: it has no user memory to trace")
     if status.tgid != pid:
@@ -401,18 +403,14 @@ class Capture:
 
     def _attribute_faults(self, rec):
         """Give the fault samples of rec's regions to the objects that hold them."""
-        samples = self.fault_samples.pop(rec.pid, {})
-        spans = sorted((start, end, key) for key, obj in rec.latest.objects.items()
-                       for start, end in obj.ranges)
-        starts = [s[0] for s in spans]
         by_object = {}
         per_class = self.fault_classes.setdefault(rec.pid, {})
-        for region, n in samples.items():
-            i = bisect.bisect_right(starts, region) - 1
-            if i >= 0 and region < spans[i][1]:
-                key = spans[i][2]
+        for region, n in self.fault_samples.pop(rec.pid, {}).items():
+            obj = rec.latest.object_at(region)
+            if obj is not None:
+                key = (obj.cls, obj.name)
                 by_object[key] = by_object.get(key, 0) + n
-                per_class[key[0]] = per_class.get(key[0], 0) + n
+                per_class[obj.cls] = per_class.get(obj.cls, 0) + n
         return by_object
 
     # ---- periodic ----------------------------------------------------------

@@ -12,6 +12,7 @@ examples:
   ramwatchd report engine.json --png engine.png
   ramwatchd doctor
   ramwatchd demo
+  ramwatchd daemon --config /etc/ramwatchd/config.yaml
 
 Memory is split into classes that add up to the kernel's VmRSS: anon_heap, anon,
 stack, file_weights, file_code, file_other, shm_posix, shm_sysv, shm_anon,
@@ -100,6 +101,13 @@ def build_parser():
     report.add_argument("--png", metavar="FILE", help="draw the timeline, stacked by class")
     report.add_argument("--timeline", action="store_true", help="print the timeline too")
 
+    daemon = sub.add_parser("daemon", help="watch every process on the node and serve Prometheus metrics",
+                            description="Watch every process on the node, grouped as the config "
+                                        "says, and serve Prometheus metrics. SIGHUP reloads the config.",
+                            epilog="example config, every key documented: deploy/config.example.yaml")
+    daemon.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
+    daemon.add_argument("--listen", metavar="ADDR:PORT", help="override listen.address and listen.port")
+
     sub.add_parser("doctor", help="check every prerequisite and say how to fix what is missing")
     demo = sub.add_parser("demo", help="capture a built-in workload whose allocations are known")
     _capture_options(demo)
@@ -124,6 +132,8 @@ def _dispatch(parser, args):
         return run_doctor()
     if args.command == "report":
         return _report(args)
+    if args.command == "daemon":
+        return _daemon(args)
     if args.command == "run":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
@@ -136,6 +146,48 @@ def _dispatch(parser, args):
     if args.pid <= 0:
         parser.error(f"--pid must be a process id above 0, not {args.pid}")
     return _capture(args, pid=args.pid)
+
+
+def _daemon(args):
+    import logging
+    from . import config as configuration
+    from .daemon import Daemon
+    from .doctor import capture_blockers
+    from .exporter import serve
+    from .probes import ProbeError
+    try:
+        config = configuration.load(args.config) if args.config else configuration.Config()
+        if args.listen:
+            config.address, config.port = _listen(args.listen)
+    except configuration.ConfigError as err:
+        print(f"ramwatchd: {err}", file=sys.stderr)
+        return 2
+    blockers = capture_blockers()
+    if blockers:
+        raise CliError(blockers[0] + " (run 'ramwatchd doctor' for every check)")
+    logging.basicConfig(format="ramwatchd: %(message)s", level=logging.INFO, stream=sys.stderr)
+    try:
+        daemon = Daemon(config)
+    except ProbeError as err:
+        raise CliError(str(err)) from None
+    try:
+        server = serve(daemon, config)
+    except OSError as err:
+        raise CliError(f"cannot serve on {config.address}:{config.port}: {err.strerror or err}") from None
+    daemon.install_signals(args.config)
+    logging.getLogger("ramwatchd").info("serving metrics on %s:%d (config: %s)",
+                                        config.address, config.port, config.source)
+    daemon.run()
+    server.shutdown()
+    return 0
+
+
+def _listen(text):
+    from .config import ConfigError
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen: expected ADDRESS:PORT such as 127.0.0.1:9725, not {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def _report(args):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from . import config as configuration
 from . import procfs
-from .classes import CLASSES, Classifier, FILE_WEIGHTS, SHM_POSIX
+from .classes import (CLASSES, FILE_WEIGHTS, SHM_ANON, SHM_POSIX, SHM_SYSV, Classifier)
 from .events import Kind
 from .ledger import Ledger
 from .probes import ProbeOptions, Probes
@@ -27,6 +27,8 @@ POLL_MS = 200
 STATUS_MIN_INTERVAL_S = 1.0   # VmRSS of one process is read at most this often
 FAULTS_INTERVAL_S = 1.0       # fault samples are drained and attributed this often
 OTHER = "other"               # where processes go once max_groups is reached
+# Objects whose sharing moves other processes' PSS (libraries would wake everyone).
+SHARED_CLASSES = {SHM_POSIX, SHM_SYSV, SHM_ANON, FILE_WEIGHTS}
 
 
 @dataclass
@@ -66,6 +68,9 @@ class Daemon:
         self.cut = Counter()                  # limit -> series cut by it
         self.durations = {}                   # tier -> seconds its last run took
         self.smaps_reads = 0
+        self.faults_unattributed = 0
+        self.hidden = set()                   # pids whose /proc we may not read
+        self.shared_mappers = {}              # (major, minor, inode) -> {pid: resident}
         self.node = NodeState()
         self._tokens = 0.0
         self._last = {"tokens": time.monotonic(), "faults": 0.0, "discovery": -1e9, "node": -1e9}
@@ -160,7 +165,10 @@ class Daemon:
                 self._read_rss(member, now)
 
     def add(self, pid):
-        """Start watching pid; None for kernel threads and processes already gone."""
+        """Start watching pid; None for kernel threads, processes already gone and
+        those whose /proc may not be read."""
+        if pid in self.hidden:
+            return None
         try:
             status = procfs.read_status(pid)
             if status.is_kernel_thread or status.tgid != pid:
@@ -182,6 +190,12 @@ class Daemon:
         if member is not None:
             self._set_rss(member, 0)
         self.ledger.processes.pop(pid, None)
+        for key, mappers in list(self.shared_mappers.items()):
+            if mappers.pop(pid, None) is not None:
+                for other in mappers:
+                    self.ledger.mark_dirty(other)   # their share just grew
+                if not mappers:
+                    del self.shared_mappers[key]
 
     def _set_rss(self, member, rss):
         """Keep the group's VmRSS sum, and its peak, as one member's changes."""
@@ -253,6 +267,10 @@ class Daemon:
             try:
                 self.ledger.refresh(rec, now, min_change=0)
                 self.smaps_reads += 1
+            except procfs.ProcessHidden:
+                self.forget(rec.pid)
+                self.hidden.add(rec.pid)
+                continue
             except procfs.ProcessGone:
                 self.forget(rec.pid)
                 continue
@@ -260,6 +278,29 @@ class Daemon:
             if member is not None:
                 self._set_rss(member, rec.latest.vm_rss)
                 member.last_status = now
+            self._share_news(rec)
+
+    def _share_news(self, rec):
+        """When one process's share of a shared object changes, so do the PSS
+        figures of the others that map it: look at them again too."""
+        seen = set()
+        for obj in rec.latest.objects.values():
+            if obj.cls not in SHARED_CLASSES or not obj.inode:
+                continue
+            key = (*obj.dev, obj.inode)
+            seen.add(key)
+            mappers = self.shared_mappers.setdefault(key, {})
+            if mappers.get(rec.pid) != obj.rss:
+                mappers[rec.pid] = obj.rss
+                for other in mappers:
+                    if other != rec.pid:
+                        self.ledger.mark_dirty(other)
+        for key, mappers in list(self.shared_mappers.items()):
+            if key not in seen and mappers.pop(rec.pid, None) is not None:
+                for other in mappers:
+                    self.ledger.mark_dirty(other)
+                if not mappers:
+                    del self.shared_mappers[key]
 
     # ---- tiers -------------------------------------------------------------
 
@@ -269,6 +310,7 @@ class Daemon:
         for pid in list(self.members):
             if pid not in alive:
                 self.forget(pid)
+        self.hidden &= alive
         for pid in alive - set(self.members):
             self.add(pid)
 
@@ -278,7 +320,7 @@ class Daemon:
             member, rec = self.members.get(pid), self.ledger.processes.get(pid)
             hit = rec.latest.object_at(region) if rec and rec.latest else None
             if member is None or hit is None:
-                self.cut["faults_unattributed"] += n
+                self.faults_unattributed += n   # before the process's first look
                 continue
             self.faults[(member.group, hit.cls)] += n
 

@@ -8,6 +8,8 @@ import ssl
 import threading
 from http.server import ThreadingHTTPServer
 
+import bcrypt
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import MetricsHandler
@@ -32,17 +34,20 @@ class DaemonCollector:
             faults, ooms, cut = dict(d.faults), dict(d.oom_kills), dict(d.cut)
             node, durations = d.node, dict(d.durations)
             stats, attached, smaps_reads = d.probes.stats(), d.probes.programs_attached(), d.smaps_reads
-        yield from _by_group_class("ramwatchd_resident_bytes",
-                                   "Resident bytes (RSS) of the group's processes, by memory class.", resident)
-        yield from _by_group_class("ramwatchd_proportional_resident_bytes",
-                                   "Proportional resident bytes (PSS): shared pages divided among their "
-                                   "mappers, so sums across groups count them once.", proportional)
+            unattributed, hidden = d.faults_unattributed, len(d.hidden)
+        yield _gauge("ramwatchd_resident_bytes", "Resident bytes (RSS) of the group's processes, "
+                     "by memory class.", ["group", "class"], resident)
+        yield _gauge("ramwatchd_proportional_resident_bytes", "Proportional resident bytes (PSS): "
+                     "shared pages divided among their mappers, so sums across groups count them "
+                     "once.", ["group", "class"], proportional)
         yield _gauge("ramwatchd_resident_peak_bytes", "Highest VmRSS sum of the group seen since "
                      "ramwatchd started.", ["group"], {(g,): v for g, v in peaks.items()})
         yield _gauge("ramwatchd_processes", "Processes in the group.", ["group"],
                      {(g,): v for g, v in processes.items()})
         yield _counter("ramwatchd_page_faults", "Page faults by the class of the mapping they fell in "
                        "(sampled in the kernel, scaled by the sample period).", ["group", "class"], faults)
+        yield _counter("ramwatchd_page_faults_unattributed", "Sampled page faults of processes not "
+                       "yet looked at, so of no known class.", [], {(): unattributed})
         yield _counter("ramwatchd_oom_kills", "Processes of the group chosen by the OOM killer.",
                        ["group"], {(g,): v for g, v in ooms.items()})
         yield from _node(node)
@@ -53,6 +58,8 @@ class DaemonCollector:
                        [], {(): stats["events_lost"]})
         yield _gauge("ramwatchd_programs_attached", "BPF programs attached.", [], {(): attached})
         yield _counter("ramwatchd_smaps_reads", "Reads of /proc/PID/smaps.", [], {(): smaps_reads})
+        yield _gauge("ramwatchd_processes_unreadable", "Processes whose /proc ramwatchd may not read "
+                     "(another user namespace, a hardened /proc).", [], {(): hidden})
         yield _counter("ramwatchd_series_cut", "Series (or samples) left out by a configured limit.",
                        ["limit"], {(k,): v for k, v in cut.items()})
 
@@ -69,10 +76,6 @@ def _counter(name, doc, labels, values):
     for key, v in sorted(values.items()):
         c.add_metric(list(key), v)
     return c
-
-
-def _by_group_class(name, doc, values):
-    yield _gauge(name, doc, ["group", "class"], {k: v for k, v in values.items()})
 
 
 def _node(node):
@@ -117,7 +120,6 @@ class _AuthCache:
         except (ValueError, UnicodeDecodeError):
             return False
         hashed = self.users.get(user)
-        import bcrypt
         if hashed is None or not bcrypt.checkpw(password.encode(), hashed.encode()):
             return False
         with self.lock:

@@ -4,6 +4,7 @@ class, taken from /proc/PID/smaps whenever the probes say a process changed.
 Each snapshot is reconciled with VmRSS from /proc/PID/status: the classes are a
 partition of the kernel's own number, and any difference is kept and shown.
 """
+import bisect
 import time
 from dataclasses import dataclass, field
 
@@ -44,10 +45,20 @@ class Snapshot:
     pss: dict                     # class -> proportional resident bytes
     objects: dict = field(default_factory=dict)   # (class, name) -> ObjectUsage
     read_seconds: float = 0.0
+    _spans: list = field(default=None, repr=False)
 
     @property
     def total(self):
         return sum(self.classes.values())
+
+    def object_at(self, addr):
+        """The ObjectUsage whose mappings hold addr, or None."""
+        if self._spans is None:
+            self._spans = sorted((start, end, obj) for obj in self.objects.values()
+                                 for start, end in obj.ranges)
+            self._starts = [s[0] for s in self._spans]
+        i = bisect.bisect_right(self._starts, addr) - 1
+        return self._spans[i][2] if i >= 0 and addr < self._spans[i][1] else None
 
     @property
     def tolerance(self):
@@ -153,7 +164,8 @@ class ProcessRecord:
 class Ledger:
     """Snapshots of every traced process, refreshed when marked dirty and due."""
 
-    def __init__(self, classifier=None, min_interval=0.1, cost_factor=20, settle_delay=0.2):
+    def __init__(self, classifier=None, min_interval=0.1, cost_factor=20, settle_delay=0.2,
+                 keep_history=True):
         self.classifier = classifier or Classifier()
         self.processes = {}
         # A process is read again no sooner than min_interval, nor sooner than
@@ -161,6 +173,8 @@ class Ledger:
         self.min_interval = min_interval
         self.cost_factor = cost_factor
         self.settle_delay = settle_delay
+        # A capture keeps every look; the daemon, which runs for months, only the latest.
+        self.keep_history = keep_history
 
     def add(self, pid, t):
         status = procfs.read_status(pid)
@@ -198,15 +212,16 @@ class Ledger:
         # look caused by movement, one more look once things are quiet.
         rec.settle_at = t + self.settle_delay if rec.dirty else None
         rec.dirty, rec.last_read = False, t
-        rec.history.append((t, snap.vm_rss, dict(snap.classes)))
+        if self.keep_history:
+            rec.history.append((t, snap.vm_rss, dict(snap.classes)))
         check = rec.reconciliation
         check["samples"] += 1
         check["failed"] += not snap.reconciled
         if abs(snap.drift) > abs(check["worst_drift"]):
             check["worst_drift"] = snap.drift
-        if rec.baseline is None:
+        if self.keep_history and rec.baseline is None:
             rec.baseline = snap
-        if rec.largest is None or snap.total >= rec.largest.total:
+        if self.keep_history and (rec.largest is None or snap.total >= rec.largest.total):
             rec.largest = snap
         if prev is None:
             return []

@@ -45,6 +45,9 @@ TRACED_SLOTS = 16384
 @dataclass
 class ProbeOptions:
     follow_children: bool = True
+    trace_all: bool = False            # every process on the node (the daemon)
+    mm_syscalls: bool = True           # mmap, munmap, brk, madvise... events (captures)
+    page_cache_fills: bool = True      # page cache filled per file (captures)
     exact_rss: bool = False            # sizes from kmem:rss_stat itself: exact, costlier
     rss_step_bytes: int = 16 << 20     # exact_rss: report RSS when it moves this much
     rss_step_changes: int = 4096       # otherwise: after this many counter changes
@@ -62,8 +65,10 @@ class ProbeOptions:
                  f"-DFAULT_REGION_SHIFT={self.fault_region_shift}",
                  f"-DPAGE_BYTES={resource.getpagesize()}",
                  f"-DTRACED_SLOTS={TRACED_SLOTS}"]
-        if self.follow_children:
-            flags.append("-DFOLLOW_CHILDREN")
+        for wanted, flag in ((self.follow_children, "FOLLOW_CHILDREN"), (self.trace_all, "TRACE_ALL"),
+                             (self.mm_syscalls, "MM_SYSCALLS"), (self.page_cache_fills, "PAGE_CACHE_FILLS")):
+            if wanted:
+                flags.append(f"-D{flag}")
         if self.exact_rss:
             flags.append("-DEXACT_RSS")
         if self.faults_from_perf:
@@ -185,8 +190,15 @@ class Probes:
             out[(key.tgid, key.region << shift)] = count * period
         return out
 
+    def programs_attached(self):
+        b = self.bpf
+        return (len(b.tracepoint_fds) + len(b.raw_tracepoint_fds)
+                + sum(len(fds) for fds in b.open_perf_events.values()) // max(1, os.cpu_count()))
+
     def page_cache(self):
         """{(dev, ino): (added, removed)} bytes, cumulative for the capture."""
+        if not self.options.page_cache_fills:
+            return {}
         return {(k.dev, k.ino): (v.added, v.removed) for k, v in self.bpf["files"].items()}
 
     def stats(self):

@@ -14,6 +14,11 @@ class ProcessGone(Exception):
     """The process exited (or never existed) while we were reading it."""
 
 
+class ProcessHidden(ProcessGone):
+    """The process exists but its /proc files may not be read (another user
+    namespace, a hardened /proc): for ramwatchd it might as well be gone."""
+
+
 @dataclass
 class Vma:
     """One line of /proc/PID/smaps: a mapping and what of it is resident."""
@@ -53,6 +58,8 @@ def _read(path, mode="rb"):
             return f.read()
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessGone(path) from None
+    except PermissionError:
+        raise ProcessHidden(path) from None
 
 
 def read_smaps(pid):
