@@ -19,6 +19,7 @@ from .classes import Classifier
 from .events import MM_SYSCALLS, Kind
 from .ledger import Ledger
 from .probes import ProbeOptions, Probes, kernel_dev_to_userspace
+from .result import build_result
 from .spikes import DEFAULT_MAX_HOLD_S, DEFAULT_MIN_RISE, find_spikes
 from .units import fmt_bytes
 
@@ -454,7 +455,6 @@ class Capture:
 
     def result(self):
         """Everything the capture saw, as plain data: what --json saves and report reads."""
-        from .result import build_result
         return build_result(self)
 
 

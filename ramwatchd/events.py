@@ -29,7 +29,7 @@ class Kind(enum.IntEnum):
 
 MM_SYSCALLS = {Kind.MMAP, Kind.MUNMAP, Kind.MREMAP, Kind.BRK, Kind.MADVISE, Kind.SHMAT,
                Kind.SHMDT, Kind.MEMFD_CREATE}
-FILE, ANON, SWAP, SHMEM = range(4)  # rss_stat members
+FILE, ANON, _SWAP, SHMEM = range(4)  # rss_stat members (swap is not resident)
 
 
 class Event(ctypes.Structure):
@@ -58,8 +58,7 @@ MADVICE = {0: "NORMAL", 1: "RANDOM", 2: "SEQUENTIAL", 3: "WILLNEED", 4: "DONTNEE
            14: "HUGEPAGE", 15: "NOHUGEPAGE", 16: "DONTDUMP", 17: "DODUMP", 18: "WIPEONFORK",
            19: "KEEPONFORK", 20: "COLD", 21: "PAGEOUT", 22: "POPULATE_READ", 23: "POPULATE_WRITE",
            24: "DONTNEED_LOCKED", 25: "COLLAPSE"}
-RELEASING_ADVICE = {"DONTNEED", "FREE", "REMOVE", "PAGEOUT", "DONTNEED_LOCKED"}
-MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
+MAP_ANONYMOUS = 0x20
 
 
 def prot_names(prot):
