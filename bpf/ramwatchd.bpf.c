@@ -367,6 +367,96 @@ TRACEPOINT_PROBE(filemap, mm_filemap_delete_from_page_cache)
 }
 #endif /* PAGE_CACHE_FILLS */
 
+/* ---- CUDA pinned host memory: uprobes on the driver library -------------
+ *
+ * Attached per libcuda file that a traced process maps (ramwatchd/probes.py).
+ * Entry saves the arguments and the caller; return reports them with the
+ * result, and for allocations the address the driver wrote to *pp. */
+BPF_HASH(cuda_inflight, u32, struct cuda_call, 4096);
+
+static __always_inline u64 caller_of(struct pt_regs *ctx)
+{
+#if defined(bpf_target_arm64)
+	return ctx->regs[30];   /* the link register */
+#else
+	u64 ret = 0;            /* x86-64: at entry, the return address is at the stack top */
+	bpf_probe_read_user(&ret, sizeof(ret), (void *)PT_REGS_SP(ctx));
+	return ret;
+#endif
+}
+
+static __always_inline int cuda_enter(struct pt_regs *ctx, u32 kind, u32 symbol,
+				      u64 ptr, u64 size, u64 flags)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (!is_traced(id >> 32))
+		return 0;
+	struct cuda_call call = { .ptr = ptr, .size = size, .flags = flags,
+				  .caller = caller_of(ctx), .kind = kind, .symbol = symbol };
+	u32 tid = (u32)id;
+	if (cuda_inflight.update(&tid, &call))
+		stat_inc(STAT_INFLIGHT_FULL);
+	return 0;
+}
+
+int cuda_return(struct pt_regs *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct cuda_call *call = cuda_inflight.lookup(&tid);
+	if (!call)
+		return 0;
+	struct event *e = new_event(call->kind);
+	if (e) {
+		e->ret = PT_REGS_RC(ctx);   /* CUresult: 0 is success */
+		e->len = call->size;
+		e->flags = call->flags;
+		e->prot = call->caller;
+		e->fd = call->symbol;
+		e->addr = call->ptr;
+		if (call->kind == EV_CUDA_ALLOC) {
+			u64 allocated = 0;
+			if (e->ret == 0)
+				bpf_probe_read_user(&allocated, sizeof(allocated), (void *)call->ptr);
+			e->addr = allocated;
+		}
+		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	}
+	cuda_inflight.delete(&tid);
+	return 0;
+}
+
+int cuMemHostAlloc_enter(struct pt_regs *ctx)
+{
+	return cuda_enter(ctx, EV_CUDA_ALLOC, CU_MEM_HOST_ALLOC,
+			  PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+}
+int cuMemAllocHost_enter(struct pt_regs *ctx)
+{
+	return cuda_enter(ctx, EV_CUDA_ALLOC, CU_MEM_ALLOC_HOST, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0);
+}
+int cuMemAllocHost_v2_enter(struct pt_regs *ctx)
+{
+	return cuda_enter(ctx, EV_CUDA_ALLOC, CU_MEM_ALLOC_HOST_V2, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0);
+}
+int cuMemHostRegister_enter(struct pt_regs *ctx)
+{
+	return cuda_enter(ctx, EV_CUDA_REGISTER, CU_MEM_HOST_REGISTER,
+			  PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+}
+int cuMemHostRegister_v2_enter(struct pt_regs *ctx)
+{
+	return cuda_enter(ctx, EV_CUDA_REGISTER, CU_MEM_HOST_REGISTER_V2,
+			  PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+}
+int cuMemHostUnregister_enter(struct pt_regs *ctx)
+{
+	return cuda_enter(ctx, EV_CUDA_UNREGISTER, CU_MEM_HOST_UNREGISTER, PT_REGS_PARM1(ctx), 0, 0);
+}
+int cuMemFreeHost_enter(struct pt_regs *ctx)
+{
+	return cuda_enter(ctx, EV_CUDA_FREE, CU_MEM_FREE_HOST, PT_REGS_PARM1(ctx), 0, 0);
+}
+
 /* ---- The process tree: fork, exec, exit, OOM ---------------------------- */
 
 TRACEPOINT_PROBE(sched, sched_process_fork)

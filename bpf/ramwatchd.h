@@ -20,6 +20,25 @@ enum event_kind {
 	EV_RSS_STEP,    /* a process's RSS moved: rss[] holds it (EXACT_RSS) or is
 			 * zero, and user space reads the counters then */
 	EV_MARK,        /* madvise(name, 0, MADV_NORMAL): a phase mark */
+	EV_CUDA_ALLOC,      /* the CUDA driver allocated pinned host memory */
+	EV_CUDA_REGISTER,   /* ... pinned memory the program already had */
+	EV_CUDA_UNREGISTER,
+	EV_CUDA_FREE,
+};
+
+/* The CUDA driver's host-memory entry points, in the order of
+ * ramwatchd/probes.py CUDA_SYMBOLS; an event's fd holds the index. */
+enum { CU_MEM_HOST_ALLOC, CU_MEM_ALLOC_HOST, CU_MEM_ALLOC_HOST_V2, CU_MEM_HOST_REGISTER,
+       CU_MEM_HOST_REGISTER_V2, CU_MEM_HOST_UNREGISTER, CU_MEM_FREE_HOST };
+
+/* A CUDA call between its entry and its return. */
+struct cuda_call {
+	u64 ptr;       /* void **pp for allocations, the pointer otherwise */
+	u64 size;
+	u64 flags;
+	u64 caller;    /* return address: which library called the driver */
+	u32 kind;
+	u32 symbol;
 };
 
 /* rss_stat's member values (its format file names them), not taken from the

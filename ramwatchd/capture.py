@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from . import procfs
 from .classes import Classifier
-from .events import MM_SYSCALLS, Kind
+from .events import CUDA_CALLS, MAP_ANONYMOUS, MM_SYSCALLS, Kind
 from .ledger import Ledger
-from .probes import ProbeOptions, Probes, kernel_dev_to_userspace
+from .probes import ProbeOptions, Probes, cuda_driver_paths, kernel_dev_to_userspace
 from .result import build_result
 from .spikes import DEFAULT_MAX_HOLD_S, DEFAULT_MIN_RISE, find_spikes
 from .units import fmt_bytes
@@ -95,6 +95,7 @@ class Capture:
         self.fault_samples = {}     # pid -> {region_start: estimated faults}
         self.fault_classes = {}     # pid -> {class: estimated faults}
         self.moved_at = {}          # pid -> when the kernel last saw its memory move
+        self.cuda_pids = set()      # pids whose CUDA driver library is probed
         self.file_paths = {}        # (dev, ino) as stat() gives them -> path
         self.page_cache_filled = {}  # (kernel dev, ino) -> (added, removed) bytes
         self.kernel_stats = {}
@@ -131,10 +132,22 @@ class Capture:
         self._add_rss_point(pid, t, status.vm_rss, status.rss_members)
         if snapshot:
             self.ledger.refresh(rec, t, self.options.min_change)
+        self._find_cuda(pid)
         return rec
+
+    def probe_cuda_drivers(self, environ):
+        for path in cuda_driver_paths(environ):
+            probed = self.probes.attach_cuda(path)
+            if probed:
+                self._emit(Entry(self.now(), 0, "-", "cuda",
+                                 f"probing {len(probed)} host-memory entry points of {path}"))
 
     def attach_pid(self, pid):
         check_pid(pid)
+        try:
+            self.probe_cuda_drivers(procfs.read_environ(pid))
+        except procfs.ProcessGone:
+            pass
         self.target = {"pid": pid, "children": self.options.children}
         pids = [pid] + (procfs.descendants_of(pid) if self.options.children else [])
         for p in pids:
@@ -150,6 +163,7 @@ class Capture:
         The gate is a shell waiting to read one byte on fd 3; tracing starts
         before the exec, so the program is seen from its first instruction."""
         check_command(argv)
+        self.probe_cuda_drivers(os.environ)
         gate_r, gate_w = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
@@ -263,11 +277,17 @@ class Capture:
             if not ev.failed:
                 self.syscalls.setdefault(ev.pid, []).append(ev)
                 self._read_rss(ev.pid)   # the call just changed the mappings
+                if ev.kind == Kind.MMAP and not ev.flags & MAP_ANONYMOUS:
+                    self._find_cuda(ev.pid)   # a library being loaded may be the driver
+        elif ev.kind in CUDA_CALLS:
+            self._on_cuda(ev, t)
         elif ev.kind == Kind.RSS_STEP:
             self._on_rss_step(ev, t)
         elif ev.kind == Kind.FORK:
             self._on_fork(ev.ret, t)
         elif ev.kind == Kind.EXEC:
+            self.cuda_pids.discard(ev.pid)
+            self._find_cuda(ev.pid)
             self.ledger.refresh_comm(ev.pid)
             self.ledger.mark_dirty(ev.pid)
             self._emit(Entry(t, ev.pid, self._comm(ev.pid), "exec", ev.name))
@@ -337,11 +357,50 @@ class Capture:
         if rec is None or not rec.alive:
             return
         rec.exited_at = t
+        rec.pinned.ranges.clear()   # the driver's ranges die with the process
         if peak and peak[0] >= rec.peak[0]:
             rec.peak = peak
         self.probes.untrace(pid)
         self._emit(Entry(t, pid, rec.comm, "exit",
                          f"peak {fmt_bytes(rec.peak[0])}" if rec.peak else ""))
+
+    def _find_cuda(self, pid):
+        """Probe the CUDA driver library pid maps, if it maps one not probed yet.
+        Through /proc/PID/root, a container's own copy is reached too."""
+        if pid in self.cuda_pids:
+            return
+        try:
+            paths = {path for _, _, path in procfs.read_maps(pid)
+                     if os.path.basename(path).startswith("libcuda.so")}
+        except procfs.ProcessGone:
+            return
+        for path in paths:
+            self.cuda_pids.add(pid)
+            probed = self.probes.attach_cuda(f"/proc/{pid}/root{path}")
+            if probed:
+                self._emit(Entry(self.now(), pid, self._comm(pid), "cuda",
+                                 f"probing {len(probed)} host-memory entry points of {path}"))
+
+    def _on_cuda(self, ev, t):
+        rec = self.ledger.processes.get(ev.pid)
+        if rec is None:
+            return
+        caller = self._library_at(ev.pid, ev.caller)
+        pinned = rec.pinned.apply(ev, caller, t)
+        where = f" at {ev.addr:#x}" if ev.kind in (Kind.CUDA_ALLOC, Kind.CUDA_REGISTER) else ""
+        self._emit(Entry(t, ev.pid, rec.comm, "pinned", f"{ev.describe()}{where}, called from {caller}",
+                         cls="cuda_pinned" if ev.kind == Kind.CUDA_ALLOC else "",
+                         delta=ev.length if pinned is not None and ev.kind == Kind.CUDA_ALLOC else 0))
+        self.ledger.mark_dirty(ev.pid)
+
+    def _library_at(self, pid, addr):
+        try:
+            for start, end, path in procfs.read_maps(pid):
+                if start <= addr < end:
+                    return os.path.basename(path) or "anonymous code"
+        except procfs.ProcessGone:
+            pass
+        return "?"
 
     def _on_phase(self, t, pid, name, source):
         name = name.strip()

@@ -9,6 +9,8 @@ import fnmatch
 import os
 import re
 
+from .pinned import overlaps
+
 ANON_HEAP = "anon_heap"
 ANON = "anon"
 STACK = "stack"
@@ -45,10 +47,12 @@ class Classifier:
         return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(path, p)
                    for p in self.weight_patterns)
 
-    def classify(self, vmas):
-        """[Vma] in address order -> [class] of the same length."""
+    def classify(self, vmas, pinned_allocations=()):
+        """[Vma] in address order -> [class] of the same length.
+        pinned_allocations: (start, end) of ranges the CUDA driver allocated."""
         code_files = {(v.dev, v.inode) for v in vmas if v.inode and "x" in v.perms}
-        return [self._one(v, i, vmas, code_files) for i, v in enumerate(vmas)]
+        return [CUDA_PINNED if overlaps(v, pinned_allocations) else self._one(v, i, vmas, code_files)
+                for i, v in enumerate(vmas)]
 
     def _one(self, v, i, vmas, code_files):
         path = v.file_path

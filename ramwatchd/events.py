@@ -25,8 +25,16 @@ class Kind(enum.IntEnum):
     OOM_VICTIM = 12
     RSS_STEP = 13
     MARK = 14
+    CUDA_ALLOC = 15
+    CUDA_REGISTER = 16
+    CUDA_UNREGISTER = 17
+    CUDA_FREE = 18
 
 
+CUDA_CALLS = {Kind.CUDA_ALLOC, Kind.CUDA_REGISTER, Kind.CUDA_UNREGISTER, Kind.CUDA_FREE}
+# The driver's entry points, in the order of bpf/ramwatchd.h; an event's fd is the index.
+CUDA_SYMBOLS = ("cuMemHostAlloc", "cuMemAllocHost", "cuMemAllocHost_v2", "cuMemHostRegister",
+                "cuMemHostRegister_v2", "cuMemHostUnregister", "cuMemFreeHost")
 MM_SYSCALLS = {Kind.MMAP, Kind.MUNMAP, Kind.MREMAP, Kind.BRK, Kind.MADVISE, Kind.SHMAT,
                Kind.SHMDT, Kind.MEMFD_CREATE}
 FILE, ANON, _SWAP, SHMEM = range(4)  # rss_stat members (swap is not resident)
@@ -88,7 +96,18 @@ class MemEvent:
 
     @property
     def failed(self):
+        if self.kind in CUDA_CALLS:
+            return self.ret != 0   # a CUresult
         return self.kind in MM_SYSCALLS and -4095 <= self.ret < 0
+
+    @property
+    def caller(self):
+        """For a CUDA call: the return address in the library that made it."""
+        return self.prot if self.kind in CUDA_CALLS else 0
+
+    @property
+    def symbol(self):
+        return CUDA_SYMBOLS[self.fd] if self.kind in CUDA_CALLS else ""
 
     @property
     def rss_total(self):
@@ -125,9 +144,14 @@ class MemEvent:
             what = "shmdt"
         elif k == Kind.MEMFD_CREATE:
             what = f"memfd_create {self.name!r}"
+        elif k in (Kind.CUDA_ALLOC, Kind.CUDA_REGISTER):
+            what = f"{self.symbol} {fmt_bytes(self.length)}" + (f" flags {self.flags:#x}" if self.flags else "")
+        elif k in (Kind.CUDA_UNREGISTER, Kind.CUDA_FREE):
+            what = f"{self.symbol} {self.addr:#x}"
         else:
             what = k.name.lower()
         return what + (f" failed ({self.ret})" if self.failed else "")
+
 
 
 def decode(raw):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from . import procfs
 from .classes import CLASSES, Classifier
+from .pinned import ALLOCATED, REGISTERED, PinnedTable, overlaps
 
 RECONCILE_MIN_BYTES = 4 << 20
 RECONCILE_FRACTION = 0.01
@@ -27,8 +28,11 @@ class ObjectUsage:
     dev: tuple = (0, 0)
     inode: int = 0
     ranges: list = field(default_factory=list)   # (start, end) of each of its mappings
+    pinned: int = 0      # resident bytes in ranges registered with the CUDA driver
 
-    def add(self, vma):
+    def add(self, vma, registered):
+        if overlaps(vma, registered):
+            self.pinned += vma.rss
         self.rss += vma.rss
         self.pss += vma.pss
         self.mapped += vma.size
@@ -44,6 +48,7 @@ class Snapshot:
     classes: dict                 # class -> resident bytes
     pss: dict                     # class -> proportional resident bytes
     objects: dict = field(default_factory=dict)   # (class, name) -> ObjectUsage
+    pinned: list = field(default_factory=list)    # PinnedTable.measure() at this look
     read_seconds: float = 0.0
     _spans: list = field(default=None, repr=False)
 
@@ -80,19 +85,20 @@ class Snapshot:
 RETRY_DELAYS_S = (0.005, 0.01, 0.02, 0.04)
 
 
-def take_snapshot(pid, t, classifier):
+def take_snapshot(pid, t, classifier, pinned=None):
     """Read smaps between two reads of status and sum it by class and object.
     A look that does not reconcile with VmRSS is retried a few times, since
     the process may be mid-way through releasing memory."""
+    pinned = pinned or PinnedTable()
     for delay in RETRY_DELAYS_S:
-        snap = _look(pid, t, classifier)
+        snap = _look(pid, t, classifier, pinned)
         if snap.reconciled:
             break
         time.sleep(delay)
     return snap
 
 
-def _look(pid, t, classifier):
+def _look(pid, t, classifier, pinned):
     started = time.monotonic()
     before = procfs.read_status(pid)
     vmas = procfs.read_smaps(pid)
@@ -102,15 +108,17 @@ def _look(pid, t, classifier):
     classes = dict.fromkeys(CLASSES, 0)
     pss = dict.fromkeys(CLASSES, 0)
     objects = {}
-    for vma, cls in zip(vmas, classifier.classify(vmas)):
+    vma_classes = classifier.classify(vmas, pinned.spans(ALLOCATED))
+    registered = pinned.spans(REGISTERED)
+    for vma, cls in zip(vmas, vma_classes):
         classes[cls] += vma.rss
         pss[cls] += vma.pss
         key = (cls, vma.path or "[anonymous]")
         if key not in objects:
             objects[key] = ObjectUsage(cls, key[1], dev=vma.dev, inode=vma.inode)
-        objects[key].add(vma)
+        objects[key].add(vma, registered)
     return Snapshot(t, after.vm_rss, before.vm_rss, after, classes, pss, objects,
-                    time.monotonic() - started)
+                    pinned.measure(vmas, vma_classes), time.monotonic() - started)
 
 
 @dataclass
@@ -154,6 +162,7 @@ class ProcessRecord:
     faults_at_start: tuple = (0, 0)
     faults: tuple = (0, 0)            # (minor, major) since first seen
     peak: tuple = None                # (bytes, t, rss members) from the kernel
+    pinned: PinnedTable = field(default_factory=PinnedTable)
     reconciliation: dict = field(default_factory=lambda: {"samples": 0, "failed": 0, "worst_drift": 0})
 
     @property
@@ -204,7 +213,7 @@ class Ledger:
         """Take a new snapshot of rec; return the objects that moved by at least
         min_change since the last one ([] at first).
         Raises procfs.ProcessGone if the process has exited."""
-        snap = take_snapshot(rec.pid, t, self.classifier)
+        snap = take_snapshot(rec.pid, t, self.classifier, rec.pinned)
         minor, major = procfs.read_fault_counts(rec.pid)
         rec.faults = (minor - rec.faults_at_start[0], major - rec.faults_at_start[1])
         prev, rec.latest = rec.latest, snap

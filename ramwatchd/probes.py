@@ -5,6 +5,7 @@ kernel, sampled fault counts per address region, and page cache per file.
 import ctypes
 import os
 import resource
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,7 @@ class Probes:
         self.bpf["events"].open_ring_buffer(self._on_record)
         self._traced = self.bpf["traced"]
         self._slots = self.bpf["slots"]
+        self._cuda_files = set()   # (dev, inode) of driver libraries already probed
 
     def _on_record(self, _ctx, data, _size):
         self._pending.append(events.decode(data))
@@ -190,9 +192,30 @@ class Probes:
             out[(key.tgid, key.region << shift)] = count * period
         return out
 
+    def attach_cuda(self, path):
+        """uprobes on the CUDA driver's host-memory entry points in the library at
+        path (reachable from here: /proc/PID/root/... for a container's copy).
+        Each file is probed once; returns the symbols newly probed."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        if (st.st_dev, st.st_ino) in self._cuda_files:
+            return []
+        self._cuda_files.add((st.st_dev, st.st_ino))
+        probed = []
+        for symbol in events.CUDA_SYMBOLS:
+            try:
+                self.bpf.attach_uprobe(name=path, sym=symbol, fn_name=f"{symbol}_enter")
+                self.bpf.attach_uretprobe(name=path, sym=symbol, fn_name="cuda_return")
+            except Exception:   # bcc: this driver version lacks the symbol
+                continue
+            probed.append(symbol)
+        return probed
+
     def programs_attached(self):
         b = self.bpf
-        return (len(b.tracepoint_fds) + len(b.raw_tracepoint_fds)
+        return (len(b.tracepoint_fds) + len(b.raw_tracepoint_fds) + len(b.uprobe_fds)
                 + sum(len(fds) for fds in b.open_perf_events.values()) // max(1, os.cpu_count()))
 
     def page_cache(self):
@@ -207,6 +230,20 @@ class Probes:
 
     def close(self):
         self.bpf.cleanup()
+
+
+def cuda_driver_paths(environ):
+    """Where a program with this environment would find libcuda.so.1: its
+    LD_LIBRARY_PATH, then the linker cache. Probing these before the program
+    starts catches its first pinned allocation, however early."""
+    dirs = [d for d in environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    found = [os.path.join(d, "libcuda.so.1") for d in dirs]
+    try:
+        cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        cache = ""
+    found += [line.split("=>")[-1].strip() for line in cache.splitlines() if "libcuda.so" in line]
+    return sorted({os.path.realpath(p) for p in found if os.path.isfile(p)})
 
 
 def kernel_dev_to_userspace(dev):

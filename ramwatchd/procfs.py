@@ -74,6 +74,17 @@ def read_smaps(pid):
     return vmas
 
 
+def read_maps(pid):
+    """[(start, end, path)] from /proc/PID/maps: the layout, without smaps' cost."""
+    out = []
+    for line in _read(f"{PROC}/{pid}/maps").splitlines():
+        parts = line.split(None, 5)
+        start, end = parts[0].split(b"-")
+        out.append((int(start, 16), int(end, 16),
+                    parts[5].decode(errors="replace") if len(parts) > 5 else ""))
+    return out
+
+
 def _parse_header(line):
     parts = line.split(None, 5)
     start, end = parts[0].split(b"-")
@@ -135,6 +146,11 @@ def is_exiting(pid):
     raw = _read(f"{PROC}/{pid}/stat")
     fields = raw[raw.rindex(b")") + 2:].split()
     return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & PF_EXITING)
+
+
+def read_environ(pid):
+    raw = _read(f"{PROC}/{pid}/environ")
+    return dict(kv.decode(errors="replace").partition("=")[::2] for kv in raw.split(b"\0") if b"=" in kv)
 
 
 def read_fault_counts(pid):

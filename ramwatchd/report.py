@@ -76,7 +76,7 @@ def render_summary(result):
                 _class_table(result, "baseline")]
     out += [_section("by process and class (last look; exited processes: before they exited)"),
             _class_table(result, "latest")]
-    out += _top_mappings(result) + _peaks(result) + _spikes(result) + _phases(result)
+    out += _top_mappings(result) + _pinned(result) + _peaks(result) + _spikes(result) + _phases(result)
     out += _shared(result) + _why_top(result) + _health(result)
     return "\n".join(out) + "\n"
 
@@ -103,6 +103,25 @@ def _top_mappings(result):
                             fmt_bytes(f.get("filled", 0))] for f in weights],
                           ["file", "", "resident", "page cache", "filled"]))
     return out
+
+
+def _pinned(result):
+    rows, totals = [], []
+    for p in result["processes"]:
+        ranges = p.get("pinned") or []
+        for r in ranges:
+            rows.append([str(p["pid"]), r["how"], r["symbol"], fmt_bytes(r["requested"]), fmt_bytes(r["mapped"]),
+                         fmt_bytes(r["resident"]), "+".join(r["classes"]) + " (pinned)", r["caller"]])
+        for how in ("allocated", "registered"):
+            mine = [r for r in ranges if r["how"] == how]
+            if mine:
+                totals.append(f"  pid {p['pid']}: {how} {fmt_bytes(sum(r['requested'] for r in mine))} "
+                              f"requested, {fmt_bytes(sum(r['mapped'] for r in mine))} mapped "
+                              f"in {len(mine)} range(s)")
+    if not rows:
+        return []
+    return [_section("CUDA pinned host memory (at the last look)"),
+            _table(rows, ["pid", "how", "call", "requested", "mapped", "resident", "class", "called from"])] + totals
 
 
 def _peaks(result):

@@ -28,7 +28,15 @@ def _snapshot(snap):
 def _objects(snap):
     objs = sorted(snap.objects.values(), key=lambda o: -o.rss) if snap else []
     return [{"class": o.cls, "name": o.name, "rss": o.rss, "pss": o.pss, "mapped": o.mapped,
-             "dev": list(o.dev), "inode": o.inode} for o in objs if o.rss][:OBJECTS_SAVED]
+             "dev": list(o.dev), "inode": o.inode, "pinned": o.pinned}
+            for o in objs if o.rss][:OBJECTS_SAVED]
+
+
+def _pinned(snap):
+    """The CUDA pinned ranges live at a look, each with what holds it."""
+    return [{"start": r.start, "requested": r.requested, "mapped": mapped, "resident": resident,
+             "how": r.how, "classes": classes, "symbol": r.symbol, "caller": r.caller,
+             "flags": r.flags, "t": r.t} for r, mapped, resident, classes in (snap.pinned if snap else [])]
 
 
 def _process(rec, cap):
@@ -42,6 +50,7 @@ def _process(rec, cap):
                   "file": rec.peak[2][0], "anon": rec.peak[2][1], "shmem": rec.peak[2][3]}
                  if rec.peak else None),
         "faults": {"minor": rec.faults[0], "major": rec.faults[1]},
+        "pinned": _pinned(rec.latest),
         "sampled_faults_by_class": cap.fault_classes.get(rec.pid, {}),
         "history": [{"t": t, "vm_rss": rss, "classes": classes} for t, rss, classes in rec.history],
         "reconciliation": rec.reconciliation,

@@ -27,6 +27,8 @@ def format_entry(e):
         return f"{head}   == phase: {e['text']}"
     if kind == "spike":
         return f"{head}{'SPIKE':>11}  {e['text']} (peak rss {fmt_bytes(e['rss_after'])})"
+    if kind == "pinned":
+        return f"{head}{'PINNED':>11}  {e['text']}"
     if kind == "exec":
         return f"{head}{'exec':>11}  {os.path.basename(e['text'])}"
     return f"{head}{kind:>11}  {e['text']}"

@@ -22,6 +22,10 @@ Steps (sizes take units: 256M, 1G):
     ready:PATH            create PATH (tests wait for it) and go on
     await:PATH            wait until PATH exists (tests create it)
     tag:NAME              nothing: a word in the command line to match the process by
+    load:LIB              load the CUDA driver library LIB (a name or a path)
+    pin:LIB:SIZE          cuMemHostAlloc(SIZE) from the CUDA driver library LIB
+    register:LIB:NAME:SIZE  create /dev/shm/NAME, map it and cuMemHostRegister_v2 it
+    unpin:LIB             cuMemFreeHost the last pinned allocation
 """
 import ctypes
 import mmap
@@ -64,6 +68,8 @@ class Workload:
         self.anon = []      # regions, last last
         self.keep = []      # anything that must stay mapped
         self.children = []
+        self.pinned = []    # addresses from cuMemHostAlloc
+        self.drivers = {}   # CUDA driver libraries loaded, by name
 
     def run(self, steps):
         for step in steps:
@@ -156,6 +162,36 @@ class Workload:
         for child in self.children:
             child.wait() if isinstance(child, subprocess.Popen) else os.waitpid(child, 0)
         self.children = []
+
+    def _cuda(self, lib):
+        if lib in self.drivers:
+            return self.drivers[lib]
+        driver = self.drivers[lib] = ctypes.CDLL(lib)
+        driver.cuMemHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint]
+        driver.cuMemHostRegister_v2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+        driver.cuMemFreeHost.argtypes = [ctypes.c_void_p]
+        return driver
+
+    def do_load(self, lib):
+        self._cuda(lib)
+
+    def do_pin(self, arg):
+        lib, size = arg.rsplit(":", 1)
+        ptr = ctypes.c_void_p()
+        if self._cuda(lib).cuMemHostAlloc(ctypes.byref(ptr), parse_bytes(size), 0):
+            raise SystemExit(f"cuMemHostAlloc of {size} failed")
+        self.pinned.append(ptr.value)
+
+    def do_register(self, arg):
+        lib, name, size = arg.rsplit(":", 2)
+        self._shm(name, parse_bytes(size))
+        region = self.keep[-1]
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(region))
+        if self._cuda(lib).cuMemHostRegister_v2(addr, len(region), 0):
+            raise SystemExit("cuMemHostRegister_v2 failed")
+
+    def do_unpin(self, lib):
+        self._cuda(lib).cuMemFreeHost(self.pinned.pop())
 
     def do_tag(self, _):
         pass
