@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from . import config as configuration
 from . import procfs
 from .classes import (CLASSES, FILE_WEIGHTS, SHM_ANON, SHM_POSIX, SHM_SYSV, Classifier)
-from .events import Kind
+from .events import CUDA_CALLS, Kind
 from .ledger import Ledger
-from .probes import ProbeOptions, Probes
+from .probes import ProbeOptions, Probes, cuda_driver_paths
 
 log = logging.getLogger("ramwatchd")
 
@@ -71,6 +71,7 @@ class Daemon:
         self.faults_unattributed = 0
         self.hidden = set()                   # pids whose /proc we may not read
         self.shared_mappers = {}              # (major, minor, inode) -> {pid: resident}
+        self.cuda_inodes = set()              # driver libraries seen mapped
         self.node = NodeState()
         self._tokens = 0.0
         self._last = {"tokens": time.monotonic(), "faults": 0.0, "discovery": -1e9, "node": -1e9}
@@ -115,6 +116,8 @@ class Daemon:
 
     def run(self):
         with self.lock:
+            for path in cuda_driver_paths(os.environ):
+                self.probes.attach_cuda(path)
             self._tier("discovery", self.discover)
         while not self._stop.is_set():
             events = self.probes.poll(POLL_MS)
@@ -153,6 +156,10 @@ class Daemon:
         elif ev.kind == Kind.OOM_VICTIM:
             member = self.members.get(ev.ret)
             self.oom_kills[member.group if member else OTHER] += 1
+        elif ev.kind in CUDA_CALLS:
+            if self.members.get(ev.pid) or self.add(ev.pid):
+                self.ledger.processes[ev.pid].pinned.apply(ev, "", now)
+                self.ledger.mark_dirty(ev.pid)
         elif ev.kind in (Kind.RSS_STEP, Kind.EXEC):
             member = self.members.get(ev.pid) or self.add(ev.pid)
             if member is None:
@@ -175,10 +182,10 @@ class Daemon:
                 return None
             cgroup = procfs.read_cgroup(pid)
             group = self._group_of(pid, cgroup)
+            if group is None:
+                return None
             self.ledger.add(pid, time.monotonic())
         except procfs.ProcessGone:
-            return None
-        if group is None:
             return None
         member = Member(pid, group, cgroup, last_status=time.monotonic())
         self.members[pid] = member
@@ -279,6 +286,16 @@ class Daemon:
                 self._set_rss(member, rec.latest.vm_rss)
                 member.last_status = now
             self._share_news(rec)
+            self._find_cuda(rec)
+
+    def _find_cuda(self, rec):
+        """A process that maps a CUDA driver library not probed yet (a container's
+        own copy, say): probe it, through /proc/PID/root."""
+        for obj in rec.latest.objects.values():
+            if os.path.basename(obj.name).startswith("libcuda.so") and obj.inode not in self.cuda_inodes:
+                self.cuda_inodes.add(obj.inode)
+                if self.probes.attach_cuda(f"/proc/{rec.pid}/root{obj.name}"):
+                    log.info("probing the CUDA driver at %s (pid %d)", obj.name, rec.pid)
 
     def _share_news(self, rec):
         """When one process's share of a shared object changes, so do the PSS
@@ -373,9 +390,11 @@ class Daemon:
     # ---- what the exporter reads -------------------------------------------
 
     def aggregate(self):
-        """Per (group, class): resident and proportional bytes; per group: processes.
+        """Per (group, class): resident and proportional bytes; per group: processes;
+        per (group, how): CUDA pinned bytes requested and mapped.
         Called by the exporter at scrape time, under self.lock."""
         resident, proportional, processes = Counter(), Counter(), Counter()
+        requested, mapped = Counter(), Counter()
         for m in self.members.values():
             processes[m.group] += 1
             rec = self.ledger.processes.get(m.pid)
@@ -384,4 +403,7 @@ class Daemon:
             for cls in CLASSES:
                 resident[(m.group, cls)] += rec.latest.classes[cls]
                 proportional[(m.group, cls)] += rec.latest.pss[cls]
-        return resident, proportional, processes
+            for r, held, _, _ in rec.latest.pinned:
+                requested[(m.group, r.how)] += r.requested
+                mapped[(m.group, r.how)] += held
+        return resident, proportional, processes, requested, mapped

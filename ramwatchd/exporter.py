@@ -29,7 +29,7 @@ class DaemonCollector:
     def collect(self):
         d = self.daemon
         with d.lock:
-            resident, proportional, processes = d.aggregate()
+            resident, proportional, processes, pinned_requested, pinned_mapped = d.aggregate()
             peaks = dict(d.group_peaks)
             faults, ooms, cut = dict(d.faults), dict(d.oom_kills), dict(d.cut)
             node, durations = d.node, dict(d.durations)
@@ -40,6 +40,11 @@ class DaemonCollector:
         yield _gauge("ramwatchd_proportional_resident_bytes", "Proportional resident bytes (PSS): "
                      "shared pages divided among their mappers, so sums across groups count them "
                      "once.", ["group", "class"], proportional)
+        yield _gauge("ramwatchd_cuda_pinned_requested_bytes", "Host memory the group's processes asked "
+                     "the CUDA driver to pin: allocated (class cuda_pinned) or registered (in place).",
+                     ["group", "how"], pinned_requested)
+        yield _gauge("ramwatchd_cuda_pinned_mapped_bytes", "Bytes of the mappings that hold the group's "
+                     "CUDA pinned ranges.", ["group", "how"], pinned_mapped)
         yield _gauge("ramwatchd_resident_peak_bytes", "Highest VmRSS sum of the group seen since "
                      "ramwatchd started.", ["group"], {(g,): v for g, v in peaks.items()})
         yield _gauge("ramwatchd_processes", "Processes in the group.", ["group"],

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import pytest
 
 MiB = 1 << 20
@@ -25,6 +27,17 @@ def capture(tmp_path):
         assert proc.returncode == 0, proc.stderr + proc.stdout
         return json.loads(out.read_text()), proc
     return go
+
+
+@pytest.fixture(scope="session")
+def driver_dir(tmp_path_factory):
+    """A folder holding libcuda.so.1 built from tests/cuda_standin: the CUDA
+    driver's host-memory entry points, without a GPU."""
+    folder = tmp_path_factory.mktemp("driver")
+    source = Path(__file__).parent / "cuda_standin" / "libcuda.c"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(folder / "libcuda.so.1"), str(source)],
+                   check=True)
+    return folder
 
 
 @pytest.fixture

@@ -1,24 +1,8 @@
 """CUDA pinned host memory through the real uprobe path, without a GPU: a stand-in
 driver library exports the same entry points and maps memory as the driver does."""
 import os
-import subprocess
-from pathlib import Path
-
-import pytest
 
 from conftest import MiB, assert_near, assert_reconciled, growth, process
-
-STANDIN = Path(__file__).parent / "cuda_standin" / "libcuda.c"
-
-
-@pytest.fixture(scope="module")
-def driver_dir(tmp_path_factory):
-    """libcuda.so.1 built from the stand-in, in a folder of its own."""
-    folder = tmp_path_factory.mktemp("driver")
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(folder / "libcuda.so.1"), str(STANDIN)],
-                   check=True)
-    return folder
-
 
 def pinned_entries(result):
     return [e["text"] for e in result["timeline"] if e["kind"] == "pinned"]

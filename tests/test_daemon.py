@@ -45,13 +45,13 @@ def wait_until(what, check, timeout=60):
 
 
 class Daemon:
-    def __init__(self, tmp_path, config_text, scheme="http"):
+    def __init__(self, tmp_path, config_text, scheme="http", env=None):
         self.port = free_port()
         self.config = tmp_path / "ramwatchd.yaml"
         self.config.write_text(f"listen: {{address: 127.0.0.1, port: {self.port}}}\n" + config_text)
         self.log = open(tmp_path / "daemon.log", "w+")
         self.proc = subprocess.Popen(RAMWATCHD + ["daemon", "--config", str(self.config)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.url = f"{scheme}://127.0.0.1:{self.port}/metrics"
 
     def wait_ready(self, **kw):
@@ -90,10 +90,10 @@ def daemon(tmp_path):
 def workloads(tmp_path):
     procs = []
 
-    def go(*steps):
+    def go(*steps, env=None):
         ready = tmp_path / f"ready{len(procs)}"
         p = subprocess.Popen(WORKLOAD + list(steps) + [f"ready:{ready}", "sleep:120"],
-                             stdout=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, env=env)
         procs.append(p)
         wait_until("the workload", lambda: ready.exists() or p.poll() is not None)
         assert p.poll() is None
@@ -181,6 +181,27 @@ def test_prometheus_reads_known_workloads(daemon, workloads, prometheus):
         big.wait()
         wait_until("test-big to go", lambda: prom.query('ramwatchd_processes{group="test-big"}') == [])
         assert prom.value('ramwatchd_processes{group="test-peer"}') == 1
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+
+
+def test_cuda_pinned_bytes_requested_and_mapped(daemon, workloads, driver_dir):
+    env = dict(os.environ, LD_LIBRARY_PATH=str(driver_dir))
+    name = f"ramwatchd-daemon-pinned-{os.getpid()}"
+    d = daemon(TAGGED_GROUPS, env=env)
+    d.wait_ready()
+    workloads("tag:gpu", "pin:libcuda.so.1:300M", f"register:libcuda.so.1:{name}:128M", env=env)
+    try:
+        def value(text, series):
+            lines = [l for l in text.splitlines() if l.startswith(series + " ")]
+            return float(lines[0].split()[1]) if lines else None
+        text = wait_until("pinned metrics", lambda: (lambda t: value(
+            t, 'ramwatchd_cuda_pinned_mapped_bytes{group="test-gpu",how="registered"}') and t)(fetch(d.url)[1]))
+        for how, size in (("allocated", 300 * MiB), ("registered", 128 * MiB)):
+            assert value(text, f'ramwatchd_cuda_pinned_requested_bytes{{group="test-gpu",how="{how}"}}') == size
+            assert value(text, f'ramwatchd_cuda_pinned_mapped_bytes{{group="test-gpu",how="{how}"}}') == size
+        assert_near(value(text, 'ramwatchd_resident_bytes{class="cuda_pinned",group="test-gpu"}'),
+                    300 * MiB, what="cuda_pinned")
     finally:
         os.unlink(f"/dev/shm/{name}")
 
