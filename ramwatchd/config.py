@@ -84,6 +84,7 @@ _COLLECTION_KEYS = {"smaps_min_interval": "smaps_min_interval_s", "smaps_per_sec
 @dataclass
 class Limits:
     max_groups: int = 200
+    max_mappings: int = 50
     max_files: int = 100
     max_shm_objects: int = 100
     max_cgroups: int = 200

@@ -407,3 +407,16 @@ class Daemon:
                 requested[(m.group, r.how)] += r.requested
                 mapped[(m.group, r.how)] += held
         return resident, proportional, processes, requested, mapped
+
+    def top_mappings(self):
+        """The largest mapped objects by resident bytes, per (group, class, name),
+        at most limits.max_mappings of them. Under self.lock."""
+        sizes = Counter()
+        for m in self.members.values():
+            rec = self.ledger.processes.get(m.pid)
+            for obj in (rec.latest.objects.values() if rec and rec.latest else ()):
+                if obj.rss:
+                    sizes[(m.group, obj.cls, obj.name)] += obj.rss
+        limit = self.config.limits.max_mappings
+        self.cut["mappings"] += max(0, len(sizes) - limit)
+        return dict(sizes.most_common(limit))

@@ -30,6 +30,7 @@ class DaemonCollector:
         d = self.daemon
         with d.lock:
             resident, proportional, processes, pinned_requested, pinned_mapped = d.aggregate()
+            mappings = d.top_mappings()
             peaks = dict(d.group_peaks)
             faults, ooms, cut = dict(d.faults), dict(d.oom_kills), dict(d.cut)
             node, durations = d.node, dict(d.durations)
@@ -40,6 +41,9 @@ class DaemonCollector:
         yield _gauge("ramwatchd_proportional_resident_bytes", "Proportional resident bytes (PSS): "
                      "shared pages divided among their mappers, so sums across groups count them "
                      "once.", ["group", "class"], proportional)
+        yield _gauge("ramwatchd_mapping_resident_bytes", "Resident bytes of the largest mapped objects "
+                     "(files, shm segments, the heap...) summed over the group's processes.",
+                     ["group", "class", "mapping"], mappings)
         yield _gauge("ramwatchd_cuda_pinned_requested_bytes", "Host memory the group's processes asked "
                      "the CUDA driver to pin: allocated (class cuda_pinned) or registered (in place).",
                      ["group", "how"], pinned_requested)
