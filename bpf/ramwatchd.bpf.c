@@ -392,7 +392,8 @@ static __always_inline int cuda_enter(struct pt_regs *ctx, u32 kind, u32 symbol,
 	if (!is_traced(id >> 32))
 		return 0;
 	struct cuda_call call = { .ptr = ptr, .size = size, .flags = flags,
-				  .caller = caller_of(ctx), .kind = kind, .symbol = symbol };
+				  .caller = caller_of(ctx), .kind = kind, .symbol = symbol,
+				  .tgid = id >> 32 };
 	u32 tid = (u32)id;
 	if (cuda_inflight.update(&tid, &call))
 		stat_inc(STAT_INFLIGHT_FULL);
@@ -511,6 +512,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #endif
 	if (tid != tgid)
 		traced.delete(&tid);
+	cuda_inflight.delete(&tid);   /* a thread that dies inside the driver */
 	if (!group_dead)
 		return 0;
 	struct proc_state *st = traced_state(tgid);

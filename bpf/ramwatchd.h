@@ -39,6 +39,8 @@ struct cuda_call {
 	u64 caller;    /* return address: which library called the driver */
 	u32 kind;
 	u32 symbol;
+	u32 tgid;      /* user space holds back its looks at a process mid-allocation */
+	u32 pad;
 };
 
 /* rss_stat's member values (its format file names them), not taken from the

@@ -430,8 +430,11 @@ class Capture:
     # ---- refreshing the ledger ---------------------------------------------
 
     def _refresh_due(self, now):
-        for rec in list(self.ledger.due(now)):
-            self._refresh(rec, now)
+        due = list(self.ledger.due(now))
+        held = self.probes.allocating_cuda() if due else set()
+        for rec in due:
+            if rec.pid not in held:
+                self._refresh(rec, now)
 
     def _refresh(self, rec, now):
         for (pid, region), n in self.probes.drain_fault_samples().items():

@@ -267,7 +267,11 @@ class Daemon:
         rate = self.config.collection.smaps_per_second
         self._tokens = min(rate, self._tokens + (now - self._last["tokens"]) * rate)
         self._last["tokens"] = now
-        for rec in list(self.ledger.due(now)):
+        due = list(self.ledger.due(now))
+        held = self.probes.allocating_cuda() if due else set()
+        for rec in due:
+            if rec.pid in held:
+                continue
             if self._tokens < 1:
                 return
             self._tokens -= 1

@@ -213,6 +213,15 @@ class Probes:
             probed.append(symbol)
         return probed
 
+    def allocating_cuda(self):
+        """tgids inside a CUDA allocation call right now. Their new mapping exists
+        before the call returns and says what it is: a look then would call it
+        plain shared memory."""
+        if not self._cuda_files:
+            return set()
+        return {call.tgid for call in self.bpf["cuda_inflight"].values()
+                if call.kind == events.Kind.CUDA_ALLOC}
+
     def programs_attached(self):
         b = self.bpf
         return (len(b.tracepoint_fds) + len(b.raw_tracepoint_fds) + len(b.uprobe_fds)
