@@ -17,6 +17,7 @@ Steps (sizes take units: 256M, 1G):
     fork:STEP,STEP..      fork a child that runs those steps (comma-separated) and exits
     spawn:STEP,STEP..     start a new python process that runs those steps
     mark:NAME             mark a phase with ramwatchd.mark()
+    churn:SIZE:S          for S seconds, map SIZE, touch it and unmap it, again and again
     sleep:S               sleep S seconds
     wait                  wait for children
     ready:PATH            create PATH (tests wait for it) and go on
@@ -154,6 +155,15 @@ class Workload:
 
     def do_mark(self, arg):
         mark(arg)
+
+    def do_churn(self, arg):
+        size, seconds = arg.split(":")
+        end = time.monotonic() + float(seconds)
+        while time.monotonic() < end:
+            m = mmap.mmap(-1, parse_bytes(size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            touch(m)
+            m.close()
+            time.sleep(0.05)
 
     def do_sleep(self, arg):
         time.sleep(float(arg))

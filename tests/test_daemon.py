@@ -105,12 +105,13 @@ def workloads(tmp_path):
 
 
 class Prometheus:
-    def __init__(self, tmp_path, target):
+    def __init__(self, tmp_path, target, **more_jobs):
+        """Scrape ramwatchd at target, and each job=target of more_jobs, every second."""
         self.port = free_port()
         cfg = tmp_path / "prometheus.yml"
-        cfg.write_text(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
-                       f"scrape_configs:\n  - job_name: ramwatchd\n"
-                       f"    static_configs: [{{targets: ['{target}']}}]\n")
+        jobs = {"ramwatchd": target, **more_jobs}
+        cfg.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n" + "".join(
+            f"  - job_name: {job}\n    static_configs: [{{targets: ['{t}']}}]\n" for job, t in jobs.items()))
         self.proc = subprocess.Popen(
             ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
