@@ -10,6 +10,7 @@
  *   MM_SYSCALLS            attach the mm syscall programs (captures)
  *   PAGE_CACHE_FILLS       attach the filemap programs (captures)
  *   EXACT_RSS              read sizes from kmem:rss_stat itself (see the RSS section)
+ *   RSS_FROM_FAULTS        page faults, not rss_stat, say when RSS moves (captures)
  *   RSS_STEP_BYTES         EXACT_RSS: emit EV_RSS_STEP when RSS moves this much
  *   RSS_STEP_CHANGES       otherwise: emit it after this many counter changes,
  *   RSS_STEP_NS            or this long after the last one, whichever comes first
@@ -101,27 +102,47 @@ static __always_inline struct event *new_event(u32 kind)
  *
  * kmem:rss_stat fires once per counter change, about once per 4 KiB page
  * faulted. As a classic tracepoint it formats a record for every firing even
- * for an empty program: +5.6 % on a first-touch fault loop here, over the 5 %
- * budget on its own. As a raw tracepoint it costs +2.1 %, but passes only
- * (mm, member): the sizes would need mm_struct, which we never read. So by
- * default the kernel counts changes and wakes user space every
- * RSS_STEP_CHANGES changes or RSS_STEP_NS, and user space reads the exact
- * counters from /proc/PID/status right then. EXACT_RSS keeps the exact
- * per-member sizes and peaks in the kernel instead, at the higher cost. */
+ * for an empty program: +5.6 % on a first-touch fault loop here. As a raw
+ * tracepoint it costs +2.1 %, but passes only (mm, member): the sizes would
+ * need mm_struct, which we never read. So by default the kernel only counts
+ * changes and wakes user space every RSS_STEP_CHANGES of them or RSS_STEP_NS,
+ * and user space reads the exact counters from /proc/PID/status right then.
+ *
+ * A capture also traces the mm syscalls, which cover every other way a
+ * process's own RSS moves (populate, munmap, madvise, brk), so there the page
+ * faults themselves are the trigger (RSS_FROM_FAULTS): one raw tracepoint per
+ * fault instead of two. The daemon traces no syscalls and counts rss_stat.
+ * EXACT_RSS keeps the exact per-member sizes and peaks in the kernel instead,
+ * at the classic tracepoint's cost. */
 
-/* No wakeup: user space drains the buffer every 50 ms anyway, and a wakeup
- * costs the faulting CPU an interrupt. Syscall events, which mark the moments
- * that matter (the end of a populate, an munmap), force one. */
 static __always_inline void emit_rss_step(struct proc_state *st)
 {
 	struct event *e = new_event(EV_RSS_STEP);
 	if (!e)
 		return;
 	__builtin_memcpy(e->rss, st->rss, sizeof(e->rss));
+	/* No wakeup: user space drains the buffer every 50 ms anyway, and a
+	 * wakeup costs the faulting CPU an interrupt. Syscall events, which
+	 * mark the moments that matter (the end of a populate, an munmap),
+	 * force one. */
 	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
-#ifdef EXACT_RSS
+static __always_inline void note_rss_change(struct proc_state *st)
+{
+	u32 changes = ++st->changes;
+	/* Look at the clock only every 8th change: it is the costly part. */
+	if (changes < RSS_STEP_CHANGES && (changes & 7))
+		return;
+	u64 now = bpf_ktime_get_ns();
+	if (changes < RSS_STEP_CHANGES && now - st->last_step_ns < RSS_STEP_NS)
+		return;
+	st->changes = 0;
+	st->last_step_ns = now;
+	emit_rss_step(st);
+}
+
+#if defined(EXACT_RSS)
 TRACEPOINT_PROBE(kmem, rss_stat)
 {
 	/* curr == 0: another mm changed (teardown, reaping); exits are
@@ -151,22 +172,12 @@ TRACEPOINT_PROBE(kmem, rss_stat)
 	emit_rss_step(st);
 	return 0;
 }
-#else
+#elif !defined(RSS_FROM_FAULTS)
 RAW_TRACEPOINT_PROBE(rss_stat)
 {
 	struct proc_state *st = traced_state(current_tgid());
-	if (!st)
-		return 0;
-	u32 changes = ++st->changes;
-	/* Look at the clock only every 8th change: it is the costly part. */
-	if (changes < RSS_STEP_CHANGES && (changes & 7))
-		return 0;
-	u64 now = bpf_ktime_get_ns();
-	if (changes < RSS_STEP_CHANGES && now - st->last_step_ns < RSS_STEP_NS)
-		return 0;
-	st->changes = 0;
-	st->last_step_ns = now;
-	emit_rss_step(st);
+	if (st)
+		note_rss_change(st);
 	return 0;
 }
 #endif
@@ -331,11 +342,27 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 {
 	u32 tgid = current_tgid();
 	struct proc_state *st = traced_state(tgid);
-	if (!st || ++st->faults % FAULT_SAMPLE_PERIOD)
+	if (!st)
 		return 0;
-	count_fault(tgid, ctx->args[0]);
+#ifdef RSS_FROM_FAULTS
+	note_rss_change(st);
+#endif
+	if (++st->faults % FAULT_SAMPLE_PERIOD == 0)
+		count_fault(tgid, ctx->args[0]);
 	return 0;
 }
+
+#ifdef RSS_FROM_FAULTS
+/* The kernel faulting in user pages for the process (read() into a buffer it
+ * never touched, say) grows its RSS too. Rare, so cheap to watch. */
+RAW_TRACEPOINT_PROBE(page_fault_kernel)
+{
+	struct proc_state *st = traced_state(current_tgid());
+	if (st)
+		note_rss_change(st);
+	return 0;
+}
+#endif
 #endif
 
 /* ---- Page cache filled by traced processes, per (device, inode) --------- */

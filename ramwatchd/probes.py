@@ -50,6 +50,7 @@ class ProbeOptions:
     mm_syscalls: bool = True           # mmap, munmap, brk, madvise... events (captures)
     page_cache_fills: bool = True      # page cache filled per file (captures)
     exact_rss: bool = False            # sizes from kmem:rss_stat itself: exact, costlier
+    rss_from_faults: bool = True       # faults (with mm syscalls) say when RSS moves
     rss_step_bytes: int = 16 << 20     # exact_rss: report RSS when it moves this much
     rss_step_changes: int = 4096       # otherwise: after this many counter changes
     rss_step_ms: int = 20              #   or this long after the last report
@@ -72,6 +73,8 @@ class ProbeOptions:
                 flags.append(f"-D{flag}")
         if self.exact_rss:
             flags.append("-DEXACT_RSS")
+        elif self.rss_from_faults and self.mm_syscalls and not self.faults_from_perf:
+            flags.append("-DRSS_FROM_FAULTS")
         if self.faults_from_perf:
             flags.append("-DFAULTS_FROM_PERF")
         if "group_dead" in _tracepoint_format("sched", "sched_process_exit"):
