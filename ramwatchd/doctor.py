@@ -99,6 +99,15 @@ def check_tracepoint(tp):
         "a kernel with it (CONFIG_FTRACE_SYSCALLS for syscalls:*), and tracefs mounted"
 
 
+def check_fault_tracepoints():
+    missing = [tp for tp in ("exceptions/page_fault_user", "exceptions/page_fault_kernel")
+               if not (TRACEFS / "events" / tp / "format").exists()]
+    if not missing:
+        return True, "tracepoints exceptions:page_fault_user and page_fault_kernel", ""
+    return None, (f"no {', '.join(missing)} (not x86): faults are sampled with a perf event "
+                  "and kmem:rss_stat tells when RSS moves, at a little more cost"), ""
+
+
 def check_programs():
     try:
         Probes(ProbeOptions()).close()
@@ -120,7 +129,7 @@ def capture_blockers():
 def run_doctor():
     checks = [check_privileges, check_bpf_syscall, check_btf, check_tracefs, check_bcc,
               check_headers, check_uprobes]
-    checks += [lambda tp=tp: check_tracepoint(tp) for tp in TRACEPOINTS]
+    checks += [lambda tp=tp: check_tracepoint(tp) for tp in TRACEPOINTS] + [check_fault_tracepoints]
     failed = False
     for check in checks:
         ok, what, fix = check()

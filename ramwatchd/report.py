@@ -108,7 +108,7 @@ def _top_mappings(result):
 def _pinned(result):
     rows, totals = [], []
     for p in result["processes"]:
-        ranges = p.get("pinned") or []
+        ranges = p.get("pinned_largest") or []
         for r in ranges:
             rows.append([str(p["pid"]), r["how"], r["symbol"], fmt_bytes(r["requested"]), fmt_bytes(r["mapped"]),
                          fmt_bytes(r["resident"]), "+".join(r["classes"]) + " (pinned)", r["caller"]])
@@ -120,7 +120,7 @@ def _pinned(result):
                               f"in {len(mine)} range(s)")
     if not rows:
         return []
-    return [_section("CUDA pinned host memory (at the last look)"),
+    return [_section("CUDA pinned host memory (at each process's largest look)"),
             _table(rows, ["pid", "how", "call", "requested", "mapped", "resident", "class", "called from"])] + totals
 
 

@@ -50,7 +50,8 @@ def _process(rec, cap):
                   "file": rec.peak[2][0], "anon": rec.peak[2][1], "shmem": rec.peak[2][3]}
                  if rec.peak else None),
         "faults": {"minor": rec.faults[0], "major": rec.faults[1]},
-        "pinned": _pinned(rec.latest),
+        "pinned_latest": _pinned(rec.latest),
+        "pinned_largest": _pinned(rec.largest),
         "sampled_faults_by_class": cap.fault_classes.get(rec.pid, {}),
         "history": [{"t": t, "vm_rss": rss, "classes": classes} for t, rss, classes in rec.history],
         "reconciliation": rec.reconciliation,

@@ -21,8 +21,8 @@ def test_allocated_and_registered_pinned_memory(capture, driver_dir, monkeypatch
     assert_near(growth(p, "shm_posix"), 128 * MiB, what="shm_posix")
     # Shared anonymous memory the driver never saw is shm_anon, never pinned.
     assert_near(growth(p, "shm_anon"), 64 * MiB, what="shm_anon")
-    allocated = [r for r in p["pinned"] if r["how"] == "allocated"]
-    registered = [r for r in p["pinned"] if r["how"] == "registered"]
+    allocated = [r for r in p["pinned_latest"] if r["how"] == "allocated"]
+    registered = [r for r in p["pinned_latest"] if r["how"] == "registered"]
     assert len(allocated) == 1 and len(registered) == 1
     assert allocated[0]["requested"] == 300 * MiB and allocated[0]["mapped"] == 300 * MiB
     assert allocated[0]["classes"] == ["cuda_pinned"] and allocated[0]["symbol"] == "cuMemHostAlloc"
@@ -40,7 +40,8 @@ def test_freed_pinned_memory_leaves_the_class(capture, driver_dir, monkeypatch):
     monkeypatch.setenv("LD_LIBRARY_PATH", str(driver_dir))
     result, _ = capture(["pin:libcuda.so.1:128M", "sleep:0.3", "unpin:libcuda.so.1", "sleep:0.3"])
     p = process(result)
-    assert p["pinned"] == [] and p["latest"]["classes"]["cuda_pinned"] == 0
+    assert p["pinned_latest"] == [] and p["latest"]["classes"]["cuda_pinned"] == 0
+    assert [r["requested"] for r in p["pinned_largest"]] == [128 * MiB]
     released = [e for e in result["timeline"] if e["kind"] == "release" and e["cls"] == "cuda_pinned"]
     assert_near(-sum(e["delta"] for e in released), 128 * MiB, what="released")
     assert any(t.startswith("cuMemFreeHost 0x") for t in pinned_entries(result))
@@ -52,6 +53,6 @@ def test_a_driver_loaded_from_elsewhere_after_the_start_is_found(capture, driver
     lib = driver_dir / "libcuda.so.1"
     result, _ = capture(["sleep:0.3", f"load:{lib}", "sleep:0.5", f"pin:{lib}:64M", "sleep:0.3"])
     p = process(result)
-    assert [r["requested"] for r in p["pinned"]] == [64 * MiB]
+    assert [r["requested"] for r in p["pinned_latest"]] == [64 * MiB]
     assert_near(growth(p, "cuda_pinned"), 64 * MiB, what="cuda_pinned")
     assert any(e["kind"] == "cuda" and str(lib) in e["text"] for e in result["timeline"])
