@@ -450,14 +450,15 @@ class Capture:
             self._on_event(ev)
         calls = self.syscalls.pop(rec.pid, [])
         faults = self._attribute_faults(rec)
-        # The change happened before this look: name the phase of the kernel's
-        # last report of movement, not the phase we are in now.
         moved_at = self.moved_at.get(rec.pid, now)
         for ch in changes:
-            cause = _cause(ch, calls, faults.get((ch.cls, ch.name), 0))
+            cause, caused_at = _cause(ch, calls, faults.get((ch.cls, ch.name), 0))
+            # The change happened before this look: name the phase of the call
+            # that made it, else of the kernel's last report of movement.
+            phase = self._phase_at(self.kernel_t(caused_at) if caused_at else moved_at)
             self._emit(Entry(now, rec.pid, rec.comm, "grow" if ch.delta > 0 else "release",
                              cls=ch.cls, name=ch.name, delta=ch.delta,
-                             rss_after=rec.latest.total, cause=cause, phase=self._phase_at(moved_at)))
+                             rss_after=rec.latest.total, cause=cause, phase=phase))
         snap = rec.latest
         if not snap.reconciled:
             self._emit(Entry(now, rec.pid, rec.comm, "drift",
@@ -528,17 +529,20 @@ def _signal(pid, sig):
 
 
 def _cause(change, calls, faults):
-    """Which syscalls touched the object's mappings, and the faults seen in them."""
-    hits = {}
-    for ev in sorted(calls, key=lambda ev: -ev.length):
+    """Which syscalls touched the object's mappings, and the faults seen in them;
+    and when the largest (then latest) of those calls was made (kernel ns), or None."""
+    hits, first = {}, None   # calls sorted: the first hit is the largest
+    for ev in sorted(calls, key=lambda ev: (-ev.length, -ev.ts_ns)):
         span = ev.span
         if (change.cls == "anon_heap" and ev.kind == Kind.BRK) or (
                 span is not None and any(s < span[1] and span[0] < e for s, e in change.ranges)):
             what = ev.describe()
             hits[what] = hits.get(what, 0) + 1
+            if first is None:
+                first = ev.ts_ns
     parts = [what if n == 1 else f"{what} x{n}" for what, n in hits.items()]
     if len(parts) > 3:
         parts = parts[:2] + [f"{len(parts) - 2} more kinds of call"]
     if faults:
         parts.append(f"~{faults:,} faults")
-    return "; ".join(parts)
+    return "; ".join(parts), first

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 
 from . import __version__, procfs
-from .classes import CLASSES, FILE_CODE
+from .classes import CLASSES, FILE_OTHER, FILE_WEIGHTS
 from .probes import kernel_dev_to_userspace
 from .spikes import find_spikes
 
@@ -65,7 +65,7 @@ def _files(cap):
     for rec in cap.ledger.processes.values():
         for snap in (rec.largest, rec.latest):
             for o in (snap.objects.values() if snap else ()):
-                if not o.inode or o.cls == FILE_CODE or not o.name.startswith("/"):
+                if o.cls not in (FILE_WEIGHTS, FILE_OTHER) or not o.inode:
                     continue
                 f = files.setdefault((os.makedev(*o.dev), o.inode), {
                     "path": o.name, "class": o.cls, "resident": 0, "mapped": o.mapped})
