@@ -26,6 +26,9 @@ from .units import fmt_bytes
 POLL_MS = 50
 HOUSEKEEPING_S = 0.5
 SPIKE_LOOKBACK = 512    # RSS steps searched for a spike when RSS falls
+# An output line is timed when ramwatchd reads it, a few ms after the program
+# wrote it: a call made this soon before a line arrived may follow the line.
+OUTPUT_SLACK_S = 0.02
 
 
 class TargetError(Exception):
@@ -455,7 +458,7 @@ class Capture:
             cause, caused_at = _cause(ch, calls, faults.get((ch.cls, ch.name), 0))
             # The change happened before this look: name the phase of the call
             # that made it, else of the kernel's last report of movement.
-            phase = self._phase_at(self.kernel_t(caused_at) if caused_at else moved_at)
+            phase = self._phase_at(self.kernel_t(caused_at) + OUTPUT_SLACK_S if caused_at else moved_at)
             self._emit(Entry(now, rec.pid, rec.comm, "grow" if ch.delta > 0 else "release",
                              cls=ch.cls, name=ch.name, delta=ch.delta,
                              rss_after=rec.latest.total, cause=cause, phase=phase))
@@ -530,9 +533,9 @@ def _signal(pid, sig):
 
 def _cause(change, calls, faults):
     """Which syscalls touched the object's mappings, and the faults seen in them;
-    and when the largest (then latest) of those calls was made (kernel ns), or None."""
+    and when the largest (then earliest) of those calls was made (kernel ns), or None."""
     hits, first = {}, None   # calls sorted: the first hit is the largest
-    for ev in sorted(calls, key=lambda ev: (-ev.length, -ev.ts_ns)):
+    for ev in sorted(calls, key=lambda ev: (-ev.length, ev.ts_ns)):
         span = ev.span
         if (change.cls == "anon_heap" and ev.kind == Kind.BRK) or (
                 span is not None and any(s < span[1] and span[0] < e for s, e in change.ranges)):
