@@ -276,6 +276,8 @@ def parse_args():
     p.add_argument("--dir", default="/var/tmp", help="where the weights file goes; not tmpfs (default /var/tmp)")
     p.add_argument("--go-delay", type=float, default=GO_DELAY_S, metavar="S",
                    help=f"seconds from workload ready to go, in every run (default {GO_DELAY_S:g})")
+    p.add_argument("--touch", metavar="EXE", help="a fault workload already built from this file's "
+                   "C text, for a machine without gcc")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = p.parse_args()
     if args.pairs < 1:
@@ -287,8 +289,8 @@ def bench(args):
     if os.geteuid() != 0:
         raise BenchError("must run as root (ramwatchd loads BPF programs)")
     ramwatchd = find_ramwatchd()
-    if not shutil.which("gcc"):
-        raise BenchError("gcc not found: it builds the fault workload")
+    if not args.touch and not shutil.which("gcc"):
+        raise BenchError("gcc not found: it builds the fault workload (or pass --touch)")
     if fs_type(args.dir) == "tmpfs":
         raise BenchError(f"{args.dir} is tmpfs: a cold read needs a disk (pass --dir)")
     if shutil.disk_usage(args.dir).free < args.file_size + (1 << 30):
@@ -298,7 +300,7 @@ def bench(args):
     try:
         print(f"building the fault workload and a {args.file_size >> 20} MiB file in {args.dir} ...",
               file=sys.stderr, flush=True)
-        touch = build_fault_helper(workdir)
+        touch = args.touch or build_fault_helper(workdir)
         make_weights_file(weights, args.file_size)
         results = {
             "faults": measure("faults", [touch, str(args.fault_size)], lambda: None,
