@@ -92,6 +92,7 @@ class Capture:
         self.ledger = Ledger(options.classifier, min_interval=options.refresh_interval)
         self.entries = []
         self.phases = []
+        self.phase_times = []       # the phases' t, for bisect
         self.oom = []
         self.rss_series = {}        # pid -> [(t, total, members)]
         self.syscalls = {}          # pid -> [MemEvent] since its last refresh
@@ -265,7 +266,7 @@ class Capture:
         self.sink(entry)
 
     def _phase_at(self, t):
-        i = bisect.bisect_right([p["t"] for p in self.phases], t) - 1
+        i = bisect.bisect_right(self.phase_times, t) - 1
         return self.phases[i]["name"] if i >= 0 else ""
 
     def _comm(self, pid):
@@ -411,6 +412,7 @@ class Capture:
             return
         self.phase = name[:120]
         self.phases.append({"t": t, "pid": pid, "name": self.phase, "source": source})
+        self.phase_times.append(t)
         self._emit(Entry(t, pid, self._comm(pid), "mark" if source == "mark" else "phase", name))
 
     def _on_oom(self, ev, t):
