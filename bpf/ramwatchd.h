@@ -1,6 +1,6 @@
-/* Structs shared by every ramwatchd BPF program and mirrored in
- * ramwatchd/events.py (class Event) and ramwatchd/probes.py (ProcState).
- * Change both sides together. */
+/* Structs shared by every ramwatchd BPF program. struct event is mirrored in
+ * ramwatchd/events.py (class Event): change both sides together. The maps'
+ * other types reach user space through bcc, which reads them from here. */
 #ifndef RAMWATCHD_H
 #define RAMWATCHD_H
 
@@ -67,8 +67,9 @@ struct event {
 
 /* Per traced process, kept in the kernel and read by user space. */
 struct proc_state {
-	u32 tgid;                /* the owner of a slot; 0 when the slot is free */
-	u32 changes;             /* RSS counter changes since the last EV_RSS_STEP */
+	u64 tgid;                /* the owner of a slot; 0 when the slot is free.
+				  * 64 bits: compare-and-swap claims a slot */
+	u64 changes;             /* RSS counter changes since the last EV_RSS_STEP */
 	u64 last_step_ns;
 	u64 faults;              /* page faults, for sampling one in FAULT_SAMPLE_PERIOD */
 	/* EXACT_RSS only: */

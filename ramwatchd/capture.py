@@ -348,9 +348,6 @@ class Capture:
             status = procfs.read_status(child)
         except procfs.ProcessGone:
             return   # gone already; its exit event follows
-        if status.tgid != child:
-            self.probes.untrace(child)   # a new thread, not a process
-            return
         self.probes.trace(child, status.rss_members)
         rec = self.ledger.add(child, t)
         self._add_rss_point(child, t, status.vm_rss, status.rss_members)

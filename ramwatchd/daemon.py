@@ -42,6 +42,14 @@ class Member:
 
 
 @dataclass
+class SharedObject:
+    """A shared object (a /dev/shm file, a weights file...) and who maps it."""
+    name: str
+    cls: str
+    mappers: dict = field(default_factory=dict)   # pid -> its resident bytes of it
+
+
+@dataclass
 class NodeState:
     """What the node tier reads: memory, cgroups, /dev/shm and weights in the page cache."""
     meminfo: dict = field(default_factory=dict)
@@ -70,7 +78,7 @@ class Daemon:
         self.smaps_reads = 0
         self.faults_unattributed = 0
         self.hidden = set()                   # pids whose /proc we may not read
-        self.shared_mappers = {}              # (major, minor, inode) -> {pid: resident}
+        self.shared = {}                      # (major, minor, inode) -> SharedObject
         self.cuda_inodes = set()              # driver libraries seen mapped
         self.node = NodeState()
         self._tokens = 0.0
@@ -197,12 +205,8 @@ class Daemon:
         if member is not None:
             self._set_rss(member, 0)
         self.ledger.processes.pop(pid, None)
-        for key, mappers in list(self.shared_mappers.items()):
-            if mappers.pop(pid, None) is not None:
-                for other in mappers:
-                    self.ledger.mark_dirty(other)   # their share just grew
-                if not mappers:
-                    del self.shared_mappers[key]
+        for key in list(self.shared):
+            self._unmap(key, pid)
 
     def _set_rss(self, member, rss):
         """Keep the group's VmRSS sum, and its peak, as one member's changes."""
@@ -276,7 +280,7 @@ class Daemon:
                 return
             self._tokens -= 1
             try:
-                self.ledger.refresh(rec, now, min_change=0)
+                self.ledger.refresh(rec, now)
                 self.smaps_reads += 1
             except procfs.ProcessHidden:
                 self.forget(rec.pid)
@@ -310,18 +314,25 @@ class Daemon:
                 continue
             key = (*obj.dev, obj.inode)
             seen.add(key)
-            mappers = self.shared_mappers.setdefault(key, {})
-            if mappers.get(rec.pid) != obj.rss:
-                mappers[rec.pid] = obj.rss
-                for other in mappers:
+            shared = self.shared.setdefault(key, SharedObject(obj.name, obj.cls))
+            if shared.mappers.get(rec.pid) != obj.rss:
+                shared.mappers[rec.pid] = obj.rss
+                for other in shared.mappers:
                     if other != rec.pid:
                         self.ledger.mark_dirty(other)
-        for key, mappers in list(self.shared_mappers.items()):
-            if key not in seen and mappers.pop(rec.pid, None) is not None:
-                for other in mappers:
-                    self.ledger.mark_dirty(other)
-                if not mappers:
-                    del self.shared_mappers[key]
+        for key in list(self.shared):
+            if key not in seen:
+                self._unmap(key, rec.pid)
+
+    def _unmap(self, key, pid):
+        """pid no longer maps the shared object at key: the others' share grew."""
+        shared = self.shared[key]
+        if shared.mappers.pop(pid, None) is None:
+            return
+        for other in shared.mappers:
+            self.ledger.mark_dirty(other)
+        if not shared.mappers:
+            del self.shared[key]
 
     # ---- tiers -------------------------------------------------------------
 
@@ -362,30 +373,22 @@ class Daemon:
                 out[path or "/"] = charged
         return out
 
-    def _mapped_objects(self, cls):
-        """{(major, minor, inode): (name, [resident per process])} of one class."""
-        out = {}
-        for rec in self.ledger.processes.values():
-            for o in (rec.latest.objects.values() if rec.latest else ()):
-                if o.cls == cls and o.inode:
-                    out.setdefault((*o.dev, o.inode), (o.name, []))[1].append(o.rss)
-        return out
-
     def _shm(self):
-        mapped = self._mapped_objects(SHM_POSIX)
         objects = sorted(procfs.shm_objects().items(), key=lambda kv: -kv[1][1])
         limit = self.config.limits.max_shm_objects
         self.cut["shm_objects"] += max(0, len(objects) - limit)
         # Orphans are summed over all objects, shown or not.
-        self.node.shm_orphaned = sum(size for key, (_, size) in objects if key not in mapped)
-        return [(name, size, len(mapped.get(key, ("", []))[1])) for key, (name, size) in objects[:limit]]
+        self.node.shm_orphaned = sum(size for key, (_, size) in objects if key not in self.shared)
+        return [(name, size, len(self.shared[key].mappers) if key in self.shared else 0)
+                for key, (name, size) in objects[:limit]]
 
     def _page_cache(self):
-        files = sorted(self._mapped_objects(FILE_WEIGHTS).values(), key=lambda v: -max(v[1]))
+        files = sorted((o for o in self.shared.values() if o.cls == FILE_WEIGHTS),
+                       key=lambda o: -max(o.mappers.values()))
         limit = self.config.limits.max_files
         self.cut["files"] += max(0, len(files) - limit)
         out = {}
-        for name, _ in files[:limit]:
+        for name in (o.name for o in files[:limit]):
             cached = procfs.page_cache_bytes(name.removesuffix(" (deleted)"))
             if cached is not None:
                 out[name] = cached

@@ -209,9 +209,10 @@ class Ledger:
         cost = rec.latest.read_seconds if rec.latest else 0
         return max(self.min_interval, self.cost_factor * cost)
 
-    def refresh(self, rec, t, min_change):
+    def refresh(self, rec, t, min_change=None):
         """Take a new snapshot of rec; return the objects that moved by at least
-        min_change since the last one ([] at first).
+        min_change since the last one ([] at first, or when min_change is None:
+        the daemon wants figures, not a timeline).
         Raises procfs.ProcessGone if the process has exited."""
         snap = take_snapshot(rec.pid, t, self.classifier, rec.pinned)
         minor, major = procfs.read_fault_counts(rec.pid)
@@ -234,7 +235,7 @@ class Ledger:
             rec.largest = snap
         if prev is None:
             return []
-        changes = diff(prev, snap, min_change)
+        changes = [] if min_change is None else diff(prev, snap, min_change)
         if prev is not rec.baseline and prev is not rec.largest:
             prev.objects = {}   # only baseline, largest and latest keep mapping detail
         return changes

@@ -163,6 +163,8 @@ class Probes:
             self._delete(pid)
         else:
             self._traced[self._traced.Key(pid)] = state
+            used = self.bpf["hash_used"]
+            used[used.Key(0)] = used.Leaf(1)   # from now on the kernel looks there too
 
     def _delete(self, pid):
         try:

@@ -16,6 +16,7 @@ Steps (sizes take units: 256M, 1G):
     unmap                 munmap the last anon region
     fork:STEP,STEP..      fork a child that runs those steps (comma-separated) and exits
     spawn:STEP,STEP..     start a new python process that runs those steps
+    threads:N:SIZE        start N threads that each map and touch SIZE, and keep it
     mark:NAME             mark a phase with ramwatchd.mark()
     churn:SIZE:S          for S seconds, map SIZE, touch it and unmap it, again and again
     sleep:S               sleep S seconds
@@ -33,6 +34,7 @@ import mmap
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from . import mark
@@ -152,6 +154,18 @@ class Workload:
     def do_spawn(self, arg):
         proc = subprocess.Popen([sys.executable, "-m", "ramwatchd.workloads"] + arg.split(","))
         self.children.append(proc)
+
+    def do_threads(self, arg):
+        count, size = arg.split(":")
+        def allocate():
+            m = mmap.mmap(-1, parse_bytes(size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            touch(m)
+            self.keep.append(m)
+        threads = [threading.Thread(target=allocate) for _ in range(int(count))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     def do_mark(self, arg):
         mark(arg)

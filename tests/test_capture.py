@@ -85,6 +85,20 @@ def test_children_by_fork_and_by_spawn(capture):
     assert_reconciled(result)
 
 
+def test_threads_are_the_process_not_children(capture):
+    # 16 threads allocate, then a child is forked: the kernel skips threads by
+    # their clone flags, so the only child is the forked one, and the threads'
+    # memory is the process's own.
+    result, _ = capture(["threads:16:8M", "sleep:0.3", "fork:anon:32M,sleep:0.5", "wait"])
+    root, *children = result["processes"]
+    assert len(children) == 1 and children[0]["ppid"] == root["pid"]
+    assert [e["pid"] for e in result["timeline"] if e["kind"] == "fork"] == [children[0]["pid"]]
+    grown = sum(e["delta"] for e in result["timeline"]
+                if e["pid"] == root["pid"] and e["kind"] == "grow" and e["cls"] == "anon")
+    assert_near(grown, 16 * 8 * MiB, what="anon grown by the threads")
+    assert_reconciled(result)
+
+
 def test_releases_by_madv_dontneed_and_munmap(capture):
     result, _ = capture(["anon:256M", "sleep:0.3", "dontneed", "sleep:0.3",
                          "anon:128M", "sleep:0.3", "unmap", "sleep:0.3"])
