@@ -10,6 +10,44 @@ import subprocess
 from ramwatchd.units import parse_bytes
 
 
+# The fault workload of both benchmarks. For each byte read from stdin: map
+# SIZE bytes of fresh private anonymous memory, touch one byte per 4 KiB page,
+# unmap it, and print the seconds the touching took. C, not Python: a Python
+# loop of 262144 writes costs about as much as the faults themselves and would
+# dilute the overhead, and memset would write every byte instead of one per page.
+FAULT_LOOP_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+	size_t size = strtoull(argv[1], NULL, 10), page = sysconf(_SC_PAGESIZE);
+	char cmd;
+	printf("ready\n");
+	fflush(stdout);
+	while (read(0, &cmd, 1) == 1) {
+		char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED || madvise(p, size, MADV_NOHUGEPAGE)) {   /* 4 KiB faults only */
+			perror("fault loop");
+			return 1;
+		}
+		struct timespec a, b;
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		for (size_t i = 0; i < size; i += page)
+			((volatile char *)p)[i] = 1;
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		munmap(p, size);
+		printf("%.9f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+		fflush(stdout);
+	}
+	return 0;
+}
+"""
+
+
 class BenchError(Exception):
     """The measurement could not be made; the message says why."""
 
@@ -48,17 +86,22 @@ def on_cpu(cpu):
     return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
 
 
-def build_c(source, workdir, name, prebuilt=None):
-    """Compile source with gcc into workdir/name, or take prebuilt (an
-    executable built from the same text, for a machine without gcc)."""
+def fault_loop(workdir, prebuilt=None):
+    """The fault workload's executable: built with gcc into workdir, or
+    prebuilt (built elsewhere from FAULT_LOOP_C, for a machine without gcc)."""
     if prebuilt:
         return prebuilt
     if not shutil.which("gcc"):
-        raise BenchError(f"gcc not found: it builds the {name} workload "
-                         "(or pass one built elsewhere from this script's C text)")
-    src, exe = workdir / f"{name}.c", workdir / name
-    src.write_text(source)
+        raise BenchError("gcc not found: it builds the fault workload "
+                         "(or pass --touch with one built elsewhere from bench/common.py's C text)")
+    src, exe = workdir / "touch.c", workdir / "touch"
+    src.write_text(FAULT_LOOP_C)
     cc = subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], capture_output=True, text=True)
     if cc.returncode != 0:
         raise BenchError(f"gcc failed: {cc.stderr.strip()}")
     return str(exe)
+
+
+def add_touch_option(parser):
+    parser.add_argument("--touch", metavar="EXE", help="the fault workload already built from "
+                        "bench/common.py's C text, for a machine without gcc")

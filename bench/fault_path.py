@@ -1,18 +1,23 @@
 """Where a capture's cost on page faults goes: the kernel's price for running
 any program on a fault, and what ramwatchd's own program adds to it.
 
-One C process touches --size of fresh anonymous memory in 4 KiB pages per
-round, on command. Between rounds this script changes what runs on
+One C process (common.py's fault workload) touches --size of fresh anonymous
+memory in 4 KiB pages per round, on command. Between rounds this script changes what runs on
 exceptions:page_fault_user, the only program a capture puts on the fault path:
 
-  off       nothing attached
-  empty     a program that returns at once: the floor for any per-fault hook
-  untraced  ramwatchd's capture programs, the workload not traced: what every
-            other process on the node pays while a capture runs
-  traced    ramwatchd's capture programs, the workload traced
+  off        nothing attached
+  empty      a program that returns at once: the floor for any per-fault hook
+  untraced   ramwatchd's capture programs, the workload not traced: what every
+             other process on the node pays while a capture runs
+  traced     ramwatchd's capture programs, the workload traced
+  exact-rss  the programs of a capture with --exact-rss, the workload traced:
+             kmem:rss_stat as a classic tracepoint joins page_fault_user
 
-Each cycle runs every state once, in a random order. A state's figure is its
-median ns per fault against the median of `off`.
+Each cycle runs every state once, in a random order. A state's figure is the
+median over cycles of its ns per fault against `off` in the same cycle: on a
+host whose speed drifts (±15 % over a minute on our GPU machine), comparing
+rounds a fraction of a second apart keeps the drift out. The ratio of the
+medians is printed beside it.
 
 Run as root:  .venv/bin/python bench/fault_path.py [--rounds 100] [--json FILE]
 """
@@ -26,50 +31,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import BenchError, add_cpu_option, build_c, check_cpu, leave_cpu, on_cpu, size
+from common import (BenchError, add_cpu_option, add_touch_option, check_cpu, fault_loop, leave_cpu,
+                    on_cpu, size)
 from ramwatchd.probes import ProbeError, ProbeOptions, Probes, import_bcc
 
-STATES = ("off", "empty", "untraced", "traced")
-TRACEPOINT = b"page_fault_user"
-PROGRAM = b"raw_tracepoint__page_fault_user"   # bcc's name for RAW_TRACEPOINT_PROBE(page_fault_user)
-
-LOOP_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-
-int main(int argc, char **argv)
-{
-	size_t size = strtoull(argv[1], NULL, 10), page = sysconf(_SC_PAGESIZE);
-	char cmd;
-	printf("ready\n");
-	fflush(stdout);
-	while (read(0, &cmd, 1) == 1) {
-		char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED || madvise(p, size, MADV_NOHUGEPAGE)) {   /* 4 KiB faults only */
-			perror("fault loop");
-			return 1;
-		}
-		struct timespec a, b;
-		clock_gettime(CLOCK_MONOTONIC, &a);
-		for (size_t i = 0; i < size; i += page)
-			((volatile char *)p)[i] = 1;
-		clock_gettime(CLOCK_MONOTONIC, &b);
-		munmap(p, size);
-		printf("%.3f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / (size / page));
-		fflush(stdout);
-	}
-	return 0;
-}
-"""
-
+STATES = ("off", "empty", "untraced", "traced", "exact-rss")
+# (raw or not, tracepoint, bcc's name for the program on it)
+PAGE_FAULT = (True, b"page_fault_user", b"raw_tracepoint__page_fault_user")
+RSS_STAT = (False, b"kmem:rss_stat", b"tracepoint__kmem__rss_stat")
 
 class FaultLoop:
     """The C workload, pinned to one CPU; round() returns its ns per fault."""
 
     def __init__(self, exe, size, cpu):
+        self.pages = size // os.sysconf("SC_PAGESIZE")
         self.proc = subprocess.Popen([exe, str(size)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, preexec_fn=on_cpu(cpu))
         if self.proc.stdout.readline() != b"ready\n":
@@ -82,7 +57,7 @@ class FaultLoop:
         line = self.proc.stdout.readline()
         if not line:
             raise BenchError(f"the fault loop exited {self.proc.wait()}")
-        return float(line)
+        return float(line) * 1e9 / self.pages
 
     def close(self):
         self.proc.kill()
@@ -90,32 +65,51 @@ class FaultLoop:
 
 
 class FaultPath:
-    """What is attached to page_fault_user, switched between rounds."""
+    """What runs on the fault path, switched between rounds. Every program set
+    stays loaded; only its programs on the fault path come and go."""
 
     def __init__(self, pid):
         self.pid = pid
-        self.capture = Probes(ProbeOptions())   # what `ramwatchd --pid` loads
-        self.empty = import_bcc().BPF(text="RAW_TRACEPOINT_PROBE(page_fault_user) { return 0; }")
-        self.empty.detach_raw_tracepoint(tp=TRACEPOINT)
-        self.attached = self.capture.bpf
+        self.capture = Probes(ProbeOptions())                # what `ramwatchd --pid` loads
+        self.exact = Probes(ProbeOptions(exact_rss=True))    # ... with --exact-rss
+        empty = import_bcc().BPF(text="RAW_TRACEPOINT_PROBE(page_fault_user) { return 0; }")
+        self.hooks = {"off": [], "empty": [(empty, PAGE_FAULT)],
+                      "capture": [(self.capture.bpf, PAGE_FAULT)],
+                      "exact": [(self.exact.bpf, PAGE_FAULT), (self.exact.bpf, RSS_STAT)]}
+        for name in ("empty", "capture", "exact"):
+            switch(self.hooks[name], on=False)
+        self.attached = "off"
 
     def set(self, state):
-        want = {"off": None, "empty": self.empty}.get(state, self.capture.bpf)
-        if want is not self.attached:
-            if self.attached is not None:
-                self.attached.detach_raw_tracepoint(tp=TRACEPOINT)
-            if want is not None:
-                want.attach_raw_tracepoint(tp=TRACEPOINT, fn_name=PROGRAM)
+        want, traced = {"off": ("off", None), "empty": ("empty", None), "untraced": ("capture", None),
+                        "traced": ("capture", self.capture), "exact-rss": ("exact", self.exact)}[state]
+        if want != self.attached:
+            switch(self.hooks[self.attached], on=False)
+            switch(self.hooks[want], on=True)
             self.attached = want
-        if state == "traced":
-            self.capture.trace(self.pid, (0, 0, 0, 0))
-        else:
-            self.capture.untrace(self.pid)
+        for probes in (self.capture, self.exact):
+            if probes is traced:
+                probes.trace(self.pid, (0, 0, 0, 0))
+            else:
+                probes.untrace(self.pid)
 
     def drain(self):
-        """Keep the ring buffer and the fault map from filling, as a capture does."""
-        self.capture.poll(0)
-        self.capture.drain_fault_samples()
+        """Keep the ring buffers and the fault maps from filling, as a capture does."""
+        for probes in (self.capture, self.exact):
+            probes.poll(0)
+            probes.drain_fault_samples()
+
+
+def switch(hooks, on):
+    for bpf, (raw, tracepoint, program) in hooks:
+        if raw and on:
+            bpf.attach_raw_tracepoint(tp=tracepoint, fn_name=program)
+        elif raw:
+            bpf.detach_raw_tracepoint(tp=tracepoint)
+        elif on:
+            bpf.attach_tracepoint(tp=tracepoint, fn_name=program)
+        else:
+            bpf.detach_tracepoint(tp=tracepoint)
 
 
 def measure(args):
@@ -123,7 +117,7 @@ def measure(args):
         raise BenchError("must run as root (it loads BPF programs)")
     leave_cpu(args.cpu)
     with tempfile.TemporaryDirectory(prefix="ramwatchd-bench-") as workdir:
-        loop = FaultLoop(build_c(LOOP_C, Path(workdir), "loop", args.loop), args.size, args.cpu)
+        loop = FaultLoop(fault_loop(Path(workdir), args.touch), args.size, args.cpu)
         try:
             path = FaultPath(loop.pid)
             ns = {state: [] for state in STATES}
@@ -140,26 +134,30 @@ def measure(args):
 
 
 def summarise(ns):
-    off = statistics.median(ns["off"])
-    return {state: {"ns_per_fault": values, "median_ns": statistics.median(values),
-                    "added_ns": statistics.median(values) - off,
-                    "slowdown_pct": 100 * (statistics.median(values) / off - 1)}
-            for state, values in ns.items()}
+    off = ns["off"]
+    out = {}
+    for state, values in ns.items():
+        out[state] = {
+            "ns_per_fault": values, "median_ns": statistics.median(values),
+            "added_ns": statistics.median(v - o for v, o in zip(values, off)),
+            "slowdown_pct": 100 * statistics.median(v / o - 1 for v, o in zip(values, off)),
+            "ratio_of_medians_pct": 100 * (statistics.median(values) / statistics.median(off) - 1)}
+    return out
 
 
 def report(results):
-    print(f"{'state':10} {'ns/fault':>9} {'added':>9} {'slowdown':>9}")
+    print(f"{'state':10} {'ns/fault':>9} {'added':>8} {'slowdown':>9}   ratio of medians")
     for state, r in results.items():
-        print(f"{state:10} {r['median_ns']:9.1f} {r['added_ns']:+8.1f}  {r['slowdown_pct']:+7.2f} %")
+        print(f"{state:10} {r['median_ns']:9.1f} {r['added_ns']:+8.1f} {r['slowdown_pct']:+8.2f} %   "
+              f"{r['ratio_of_medians_pct']:+.2f} %")
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=100, help="cycles through the four states (default 100)")
+    p.add_argument("--rounds", type=int, default=100, help="cycles through the states (default 100)")
     p.add_argument("--size", type=size, default=256 << 20, help="memory touched per round (default 256MiB)")
     add_cpu_option(p)
-    p.add_argument("--loop", metavar="EXE", help="a fault loop already built from this file's C text, "
-                   "for a machine without gcc")
+    add_touch_option(p)
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = p.parse_args()
     if args.rounds < 1:

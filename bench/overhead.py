@@ -8,7 +8,9 @@ Two workloads, each run alternately without and with `ramwatchd --pid` attached
 
 The verdict is the ratio of the traced runs' median to the base runs' median.
 
-Two things keep the machine's own noise out of that ratio:
+Three things keep the machine's own noise out of that ratio:
+  - Each run repeats its workload: an untimed round, then --rounds timed ones,
+    and the run's figure is their median (see "Free page reporting" below).
   - The workload runs alone on one CPU (--cpu), as a busy inference process
     has its cores; ramwatchd and this script run on the others (common.py).
   - The weights file is read from an ext4 file system on a RAM block device
@@ -32,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BenchError, add_cpu_option, build_c, check_cpu, leave_cpu, on_cpu, size
+from common import (BenchError, add_cpu_option, add_touch_option, check_cpu, fault_loop, leave_cpu,
+                    on_cpu, size)
 
 BUDGET_PCT = {"faults": 5.0, "weights": 2.0}
 CHUNK = 16 << 20
@@ -47,70 +50,30 @@ EXIT_TIMEOUT_S = 60       # ramwatchd polls for the exit every 50 ms and then su
 # (virtio-balloon) and costs a host fault when used again. Measured here, a cold
 # 1 GiB read takes 0.6 s right after the eviction but 2 s after 3 s idle, and
 # first touches vary 2x. That is the host's cost, not the capture's, and it would
-# swamp the difference we look for. So each workload takes memory that was just
-# freed: the weights file is evicted just before "go", and the fault workload
-# touches and frees an untimed region of the same size after "go".
-
-# The fault workload is C, not Python: a Python loop of 262144 writes costs about
-# as much as the faults themselves and would dilute the overhead, and memset would
-# write every byte instead of one per page. The C loop leaves the time to the kernel.
-FAULT_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-
-static void touch(char *p, size_t size, size_t page)
-{
-	for (size_t i = 0; i < size; i += page)
-		((volatile char *)p)[i] = 1;
-}
-
-int main(int argc, char **argv)
-{
-	size_t size = strtoull(argv[1], NULL, 10), page = sysconf(_SC_PAGESIZE);
-	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED || madvise(p, size, MADV_NOHUGEPAGE)) {   /* 4 KiB faults only */
-		perror("fault workload");
-		return 1;
-	}
-	char go;
-	printf("ready\n");
-	fflush(stdout);
-	if (read(0, &go, 1) != 1)
-		return 1;
-	char *warm = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (warm == MAP_FAILED || madvise(warm, size, MADV_NOHUGEPAGE)) {
-		perror("fault workload");
-		return 1;
-	}
-	touch(warm, size, page);    /* untimed: see "Free page reporting" in overhead.py */
-	munmap(warm, size);
-	struct timespec a, b;
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	touch(p, size, page);
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	printf("%.9f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
-	return 0;
-}
-"""
+# swamp the difference we look for. So every run repeats its workload: an
+# untimed round first, then --rounds timed ones, each taking memory that the
+# round before it just freed; the run's figure is the median of its rounds.
 
 
 # ---- the weights workload (this file, run as a child) -----------------------
 
-def read_workload(path):
-    """Read path cold, 16 MiB per read(), timing only the reads."""
+def read_workload(path, rounds):
+    """Per round: drop path from the page cache, then read it, 16 MiB per
+    read(), timing only the reads. The file was written with fsync, so the
+    eviction drops every page."""
     buf = bytearray(b"\1") * CHUNK   # written now, so the timed reads take no faults on it
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         print("ready", flush=True)
-        if sys.stdin.buffer.read(1) != b"g":
-            sys.exit(1)
-        t0 = time.perf_counter()
-        while f.readinto(view):
-            pass
-        print(f"{time.perf_counter() - t0:.9f}", flush=True)
+        for _ in range(int(rounds)):
+            if sys.stdin.buffer.read(1) != b"g":
+                sys.exit(1)
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            f.seek(0)
+            t0 = time.perf_counter()
+            while f.readinto(view):
+                pass
+            print(f"{time.perf_counter() - t0:.9f}", flush=True)
 
 
 # ---- setup ------------------------------------------------------------------
@@ -199,17 +162,6 @@ def run_tool(*argv):
     return done.stdout.strip()
 
 
-def evict(path):
-    """Drop path from the page cache so the next read comes from disk.
-    fsync first: DONTNEED skips dirty pages."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 # ---- one run ----------------------------------------------------------------
 
 def start_capture(ramwatchd, pid, log):
@@ -236,10 +188,11 @@ def tail(log):
     return " | ".join(text.strip().splitlines()[-3:]) or "(no output)"
 
 
-def run_once(argv, ramwatchd, log, go_delay, before_go, cpu):
-    """Start the workload on cpu, attach (or not), say go; return its own timing
-    in seconds and how long ramwatchd took to attach."""
-    work = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=on_cpu(cpu))
+def run_once(argv, ramwatchd, log, args):
+    """Start the workload on its CPU, attach (or not), say go for each round;
+    return the median of its timed rounds in seconds, and how long ramwatchd
+    took to attach."""
+    work = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=on_cpu(args.cpu))
     cap = None
     try:
         if work.stdout.readline() != b"ready\n":
@@ -248,19 +201,19 @@ def run_once(argv, ramwatchd, log, go_delay, before_go, cpu):
         if ramwatchd:
             cap = start_capture(ramwatchd, work.pid, log)
         attach_s = time.monotonic() - ready
-        if attach_s > go_delay - 0.5:   # keep it steady for 0.5 s before go
+        if attach_s > args.go_delay - 0.5:   # keep it steady for 0.5 s before go
             raise BenchError(f"ramwatchd took {attach_s:.1f} s to attach: raise --go-delay "
                              f"above {attach_s + 0.5:.1f} s so both runs of a pair wait alike")
-        time.sleep(ready + go_delay - time.monotonic())
-        before_go()
-        out, _ = work.communicate(b"g", timeout=RUN_TIMEOUT_S)
+        time.sleep(ready + args.go_delay - time.monotonic())
+        out, _ = work.communicate(b"g" * (1 + args.rounds), timeout=RUN_TIMEOUT_S)
         if work.returncode != 0:
             raise BenchError(f"workload {argv[0]} exited {work.returncode}")
         if cap:
             rc = cap.wait(timeout=EXIT_TIMEOUT_S)
             if rc != 0:
                 raise BenchError(f"ramwatchd exited {rc}: {tail(log)}")
-        return float(out), attach_s
+        untimed, *timed = map(float, out.split())
+        return statistics.median(timed), attach_s
     except subprocess.TimeoutExpired as err:
         raise BenchError(f"timed out after {err.timeout} s: {' '.join(err.cmd)}") from None
     finally:
@@ -270,14 +223,13 @@ def run_once(argv, ramwatchd, log, go_delay, before_go, cpu):
                 p.wait()
 
 
-def measure(name, argv, before_go, ramwatchd, args, workdir):
+def measure(name, argv, ramwatchd, args, workdir):
     """Warm-up pair (discarded), then args.pairs interleaved base/traced pairs."""
     times = {"base": [], "traced": []}
     total = 2 * (args.pairs + 1)
     for i in range(total):
         mode = "traced" if i % 2 else "base"
-        t, attach_s = run_once(argv, ramwatchd if mode == "traced" else None,
-                               workdir / f"{name}-{i}", args.go_delay, before_go, args.cpu)
+        t, attach_s = run_once(argv, ramwatchd if mode == "traced" else None, workdir / f"{name}-{i}", args)
         warmup = i < 2
         if not warmup:
             times[mode].append(t)
@@ -320,6 +272,8 @@ def report(results):
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=15, help="base/traced pairs per workload (default 15)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per run, after an untimed one; "
+                   "a run's figure is their median (default 5)")
     p.add_argument("--fault-size", type=size, default=1 << 30, help="anonymous memory to touch (default 1GiB)")
     p.add_argument("--file-size", type=size, default=1 << 30, help="weights file to read (default 1GiB)")
     p.add_argument("--dir", help="read the weights file from a disk, in this directory (not tmpfs), "
@@ -327,12 +281,11 @@ def parse_args():
     add_cpu_option(p)
     p.add_argument("--go-delay", type=float, default=GO_DELAY_S, metavar="S",
                    help=f"seconds from workload ready to go, in every run (default {GO_DELAY_S:g})")
-    p.add_argument("--touch", metavar="EXE", help="a fault workload already built from this file's "
-                   "C text, for a machine without gcc")
+    add_touch_option(p)
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = p.parse_args()
-    if args.pairs < 1:
-        p.error("--pairs must be at least 1")
+    if args.pairs < 1 or args.rounds < 1:
+        p.error("--pairs and --rounds must be at least 1")
     check_cpu(p, args)
     return args
 
@@ -354,13 +307,12 @@ def bench(args):
             stack.callback(weights.unlink, missing_ok=True)
             print(f"building the fault workload and a {args.file_size >> 20} MiB file in {where} ...",
                   file=sys.stderr, flush=True)
-            touch = build_c(FAULT_C, workdir, "touch", args.touch)
+            touch = fault_loop(workdir, args.touch)
             make_weights_file(weights, args.file_size)
             results = {
-                "faults": measure("faults", [touch, str(args.fault_size)], lambda: None,
-                                  ramwatchd, args, workdir),
-                "weights": measure("weights", [sys.executable, __file__, "_read", str(weights)],
-                                   lambda: evict(weights), ramwatchd, args, workdir),
+                "faults": measure("faults", [touch, str(args.fault_size)], ramwatchd, args, workdir),
+                "weights": measure("weights", [sys.executable, __file__, "_read", str(weights), str(1 + args.rounds)],
+                                   ramwatchd, args, workdir),
             }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -369,14 +321,15 @@ def bench(args):
 
 def main():
     if sys.argv[1:2] == ["_read"]:
-        return read_workload(sys.argv[2])
+        return read_workload(*sys.argv[2:4])
     args = parse_args()
     try:
         results = bench(args)
         report(results)
         if args.json:
             config = {"pairs": args.pairs, "fault_size": args.fault_size, "file_size": args.file_size,
-                      "go_delay_s": args.go_delay, "warmup_pairs": 1, "workload_cpu": args.cpu,
+                      "go_delay_s": args.go_delay, "warmup_pairs": 1,
+                      "rounds_per_run": args.rounds, "untimed_rounds_per_run": 1, "workload_cpu": args.cpu,
                       "weights_on": args.dir or "ext4 on zram"}
             with open(args.json, "w") as f:
                 json.dump({"config": config, "results": results}, f, indent=1)

@@ -1,0 +1,54 @@
+"""The kernel side on its own: what the BPF programs count for real processes."""
+import mmap
+import time
+from pathlib import Path
+
+from conftest import MiB
+from ramwatchd.events import Kind
+from ramwatchd.probes import TRACED_SLOTS, ProbeOptions, Probes
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+def start_with_pid(workload, steps, pid):
+    """Start a workload whose pid is pid: the kernel gives the next process
+    ns_last_pid + 1, unless another process forks in between (then retry)."""
+    for _ in range(5):
+        NS_LAST_PID.write_text(str(pid - 1))
+        proc = workload(steps)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+    raise AssertionError(f"could not start a process with pid {pid}")
+
+
+def test_a_process_whose_slot_is_taken_is_still_traced(workload, tmp_path):
+    # Two traced processes whose tgids share one slot of the array: the second
+    # lives in the hash, and its faults must count as fully as the first's.
+    probes = Probes(ProbeOptions())
+    go, size = tmp_path / "go", 64 * MiB
+
+    def steps(name):   # ready, then on go touch size bytes, say so, and hold them
+        return ["ready:READY", f"await:{go}", f"anon:{size}", f"ready:{tmp_path / name}", "sleep:30"]
+
+    first = workload(steps("first"))
+    other = first.pid - TRACED_SLOTS if first.pid > TRACED_SLOTS + 300 else first.pid + TRACED_SLOTS
+    second = start_with_pid(workload, steps("second"), other)
+    for proc in (first, second):
+        probes.trace(proc.pid, (0, 0, 0, 0))
+
+    go.touch()
+    deadline = time.monotonic() + 30
+    while not ((tmp_path / "first").exists() and (tmp_path / "second").exists()):
+        assert time.monotonic() < deadline, "workloads never finished touching"
+        time.sleep(0.05)
+    steps_seen = {ev.pid for ev in probes.poll(100) if ev.kind == Kind.RSS_STEP}
+    faults = {}
+    for (pid, _region), n in probes.drain_fault_samples().items():
+        faults[pid] = faults.get(pid, 0) + n
+    probes.close()
+
+    pages = size // mmap.PAGESIZE
+    for proc in (first, second):
+        assert proc.pid in steps_seen, f"no RSS step for pid {proc.pid}"
+        assert faults.get(proc.pid, 0) >= 0.95 * pages, (proc.pid, faults, pages)
