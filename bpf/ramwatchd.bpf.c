@@ -116,9 +116,10 @@ static __always_inline struct event *new_event(u32 kind)
  *
  * kmem:rss_stat fires once per counter change, about once per 4 KiB page
  * faulted. As a classic tracepoint it formats a record for every firing even
- * for an empty program: +5.6 % on a first-touch fault loop here. As a raw
- * tracepoint it costs +2.1 %, but passes only (mm, member): the sizes would
- * need mm_struct, which we never read. So by default the kernel only counts
+ * for an empty program: ~8 % on a first-touch fault loop here
+ * (bench/fault_path.py). As a raw tracepoint it costs what any per-fault
+ * hook does (~2.5 %), but passes only (mm, member): the sizes would need
+ * mm_struct, which we never read. So by default the kernel only counts
  * changes and wakes user space every RSS_STEP_CHANGES of them or RSS_STEP_NS,
  * and user space reads the exact counters from /proc/PID/status right then.
  *
