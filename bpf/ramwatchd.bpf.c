@@ -9,6 +9,7 @@
  *   TRACE_ALL              trace every process (the daemon): claim state on first sight
  *   MM_SYSCALLS            attach the mm syscall programs (captures)
  *   PAGE_CACHE_FILLS       attach the filemap programs (captures)
+ *   OUTPUT_WRITES          time writes to stdout and stderr (`ramwatchd run`)
  *   EXACT_RSS              read sizes from kmem:rss_stat itself (see the RSS section)
  *   RSS_FROM_FAULTS        page faults, not rss_stat, say when RSS moves (captures)
  *   RSS_STEP_BYTES         EXACT_RSS: emit EV_RSS_STEP when RSS moves this much
@@ -324,6 +325,34 @@ TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create)
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_memfd_create) { syscall_exit(args->ret); return 0; }
 #endif /* MM_SYSCALLS */
+
+/* ---- Output lines: when a traced process wrote to stdout or stderr --------
+ *
+ * `ramwatchd run` turns the program's output lines into phases. It reads them
+ * from a pipe, some ms after they were written; a call made in that gap would
+ * be put in the wrong phase. So the kernel keeps the time and writer of the
+ * last write to fd 1 or 2 by a traced process, and the reader takes them as
+ * the line's own when it gets the line. No event: a chatty program would
+ * flood the ring buffer. */
+#ifdef OUTPUT_WRITES
+BPF_ARRAY(last_output, struct output_write, 1);
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write)
+{
+	if (args->fd != 1 && args->fd != 2)
+		return 0;
+	u32 tgid = current_tgid();
+	if (!is_traced(tgid))
+		return 0;
+	u32 zero = 0;
+	struct output_write *w = last_output.lookup(&zero);
+	if (w) {
+		w->ts_ns = bpf_ktime_get_ns();
+		w->tgid = tgid;
+	}
+	return 0;
+}
+#endif
 
 /* ---- Page faults: one in FAULT_SAMPLE_PERIOD, counted per region --------- */
 

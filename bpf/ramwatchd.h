@@ -80,6 +80,13 @@ struct proc_state {
 	u64 peak_rss[NR_RSS_MEMBERS]; /* members at the peak */
 };
 
+/* The last write to stdout or stderr by a traced process (OUTPUT_WRITES). */
+struct output_write {
+	u64 ts_ns;
+	u32 tgid;
+	u32 pad;
+};
+
 struct file_key {
 	u32 dev;
 	u32 pad;

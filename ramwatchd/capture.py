@@ -26,9 +26,9 @@ from .units import fmt_bytes
 POLL_MS = 50
 HOUSEKEEPING_S = 0.5
 SPIKE_LOOKBACK = 512    # RSS steps searched for a spike when RSS falls
-# An output line is timed when ramwatchd reads it, a few ms after the program
-# wrote it: a call made this soon before a line arrived may follow the line.
-OUTPUT_SLACK_S = 0.02
+# An output line takes the time of the kernel's last write to stdout/stderr if
+# that came at most this long before ramwatchd read the line.
+OUTPUT_WRITE_WINDOW_S = 1.0
 
 
 class TargetError(Exception):
@@ -188,8 +188,15 @@ class Capture:
         return proc
 
     def _read_output(self, proc):
+        """Queue each line with its time and writer: those of the last write to
+        stdout or stderr the kernel saw, which sent it; else (a write the kernel
+        did not see, such as writev) the moment it was read and the program."""
         for raw in proc.stdout:
-            self._lines.put((self.now(), raw.decode(errors="replace").rstrip("\n")))
+            t, pid = self.now(), proc.pid
+            write = self.probes.last_output_write()
+            if write and t - OUTPUT_WRITE_WINDOW_S <= self.kernel_t(write[0]) <= t:
+                t, pid = self.kernel_t(write[0]), write[1]
+            self._lines.put((t, pid, raw.decode(errors="replace").rstrip("\n")))
         self._lines.put(None)
 
     # ---- the loop ----------------------------------------------------------
@@ -407,9 +414,11 @@ class Capture:
         name = name.strip()
         if not name:
             return
-        self.phase = name[:120]
-        self.phases.append({"t": t, "pid": pid, "name": self.phase, "source": source})
-        self.phase_times.append(t)
+        # Marks come with the events and lines through a pipe: keep them in time order.
+        i = bisect.bisect_right(self.phase_times, t)
+        self.phase_times.insert(i, t)
+        self.phases.insert(i, {"t": t, "pid": pid, "name": name[:120], "source": source})
+        self.phase = self.phases[-1]["name"]
         self._emit(Entry(t, pid, self._comm(pid), "mark" if source == "mark" else "phase", name))
 
     def _on_oom(self, ev, t):
@@ -427,7 +436,7 @@ class Capture:
             except queue.Empty:
                 return
             if item is not None:
-                self._on_phase(item[0], self.child.pid, item[1], "output")
+                self._on_phase(*item, "output")
 
     # ---- refreshing the ledger ---------------------------------------------
 
@@ -447,9 +456,11 @@ class Capture:
         except procfs.ProcessGone:
             self._on_exit(rec.pid, now)
             return
-        # Syscalls that finished while we looked explain what we saw: take them in.
+        # Syscalls that finished while we looked explain what we saw, and lines
+        # written meanwhile start the phases they fall in: take them in.
         for ev in self.probes.poll(0):
             self._on_event(ev)
+        self._drain_output()
         calls = self.syscalls.pop(rec.pid, [])
         faults = self._attribute_faults(rec)
         moved_at = self.moved_at.get(rec.pid, now)
@@ -457,7 +468,7 @@ class Capture:
             cause, caused_at = _cause(ch, calls, faults.get((ch.cls, ch.name), 0))
             # The change happened before this look: name the phase of the call
             # that made it, else of the kernel's last report of movement.
-            phase = self._phase_at(self.kernel_t(caused_at) + OUTPUT_SLACK_S if caused_at else moved_at)
+            phase = self._phase_at(self.kernel_t(caused_at) if caused_at else moved_at)
             self._emit(Entry(now, rec.pid, rec.comm, "grow" if ch.delta > 0 else "release",
                              cls=ch.cls, name=ch.name, delta=ch.delta,
                              rss_after=rec.latest.total, cause=cause, phase=phase))

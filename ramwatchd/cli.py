@@ -231,7 +231,8 @@ def _capture(args, pid=None, argv=None):
         probe=ProbeOptions(follow_children=getattr(args, "children", False) or argv is not None,
                            exact_rss=args.exact_rss, rss_step_bytes=args.rss_step,
                            min_syscall_bytes=args.min_syscall,
-                           fault_sample_period=max(1, args.fault_sample)),
+                           fault_sample_period=max(1, args.fault_sample),
+                           output_writes=argv is not None),
         classifier=Classifier(args.weights or DEFAULT_WEIGHT_PATTERNS))
     show = (lambda e: None) if args.quiet else (lambda e: print(format_entry(e), flush=True))
     try:   # check the target before spending a second on compiling

@@ -11,7 +11,7 @@ TRACEPOINTS = ["kmem/rss_stat", "filemap/mm_filemap_add_to_page_cache",
                "filemap/mm_filemap_delete_from_page_cache", "oom/mark_victim",
                "task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit"] + [
     f"syscalls/sys_{side}_{name}" for name in
-    ("mmap", "munmap", "mremap", "brk", "madvise", "shmat", "shmdt", "memfd_create")
+    ("mmap", "munmap", "mremap", "brk", "madvise", "shmat", "shmdt", "memfd_create", "write")
     for side in ("enter", "exit")]
 SETUP = "run deploy/setup.sh as root"
 

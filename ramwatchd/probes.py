@@ -49,6 +49,7 @@ class ProbeOptions:
     trace_all: bool = False            # every process on the node (the daemon)
     mm_syscalls: bool = True           # mmap, munmap, brk, madvise... events (captures)
     page_cache_fills: bool = True      # page cache filled per file (captures)
+    output_writes: bool = False        # time the writes to stdout/stderr (`run`)
     exact_rss: bool = False            # sizes from kmem:rss_stat itself: exact, costlier
     rss_from_faults: bool = True       # faults (with mm syscalls) say when RSS moves
     rss_step_bytes: int = 16 << 20     # exact_rss: report RSS when it moves this much
@@ -68,7 +69,8 @@ class ProbeOptions:
                  f"-DPAGE_BYTES={resource.getpagesize()}",
                  f"-DTRACED_SLOTS={TRACED_SLOTS}"]
         for wanted, flag in ((self.follow_children, "FOLLOW_CHILDREN"), (self.trace_all, "TRACE_ALL"),
-                             (self.mm_syscalls, "MM_SYSCALLS"), (self.page_cache_fills, "PAGE_CACHE_FILLS")):
+                             (self.mm_syscalls, "MM_SYSCALLS"), (self.page_cache_fills, "PAGE_CACHE_FILLS"),
+                             (self.output_writes, "OUTPUT_WRITES")):
             if wanted:
                 flags.append(f"-D{flag}")
         if self.exact_rss:
@@ -179,6 +181,14 @@ class Probes:
             slot.tgid = 0
             self._slots[key] = slot
         self._delete(pid)
+
+    def last_output_write(self):
+        """(monotonic ns, tgid) of the last write to stdout or stderr by a
+        traced process, or None (before any, or without output_writes)."""
+        if not self.options.output_writes:
+            return None
+        w = self.bpf["last_output"][0]
+        return (w.ts_ns, w.tgid) if w.ts_ns else None
 
     def rss_state(self, pid):
         """EXACT_RSS: (peak, peak_ns, rss per member at the peak), or None."""

@@ -67,7 +67,8 @@ def touch(region, fraction=1.0, write=True):
 
 
 class Workload:
-    def __init__(self):
+    def __init__(self, who=""):
+        self.who = who      # "child PID: " in a forked child, so its phases differ from its parent's
         self.anon = []      # regions, last last
         self.keep = []      # anything that must stay mapped
         self.children = []
@@ -77,7 +78,7 @@ class Workload:
     def run(self, steps):
         for step in steps:
             name, _, arg = step.partition(":")
-            print(f"step {step}", flush=True)
+            print(f"{self.who}step {step}", flush=True)
             getattr(self, "do_" + name)(arg)
 
     def do_anon(self, arg):
@@ -146,7 +147,7 @@ class Workload:
         pid = os.fork()
         if pid == 0:
             try:
-                Workload().run(arg.split(","))
+                Workload(f"child {os.getpid()}: ").run(arg.split(","))
             finally:
                 os._exit(0)
         self.children.append(pid)
@@ -231,7 +232,7 @@ class Workload:
 
 DEMO = ["mark:start", "malloc:96M", "anon:256M", "shared:64M",
         "weights:/tmp/ramwatchd-demo.safetensors:256M:0.5", "shm:ramwatchd-demo:64M",
-        "fork:anon:128M,sleep:0.3", "spike:512M:50", "sleep:0.3", "dontneed", "sleep:0.3", "wait"]
+        "fork:anon:128M,sleep:0.3", "wait", "spike:512M:50", "sleep:0.3", "dontneed", "sleep:0.2"]
 
 
 def main(argv):

@@ -133,6 +133,18 @@ def test_phases_from_output_lines_and_marks(capture):
     assert grew and grew[0]["phase"] == "step anon:64M"
 
 
+def test_a_call_just_before_the_next_line_stays_in_its_phase(capture):
+    # The spike's munmap comes microseconds before "step sleep:0.3" is written,
+    # and ramwatchd reads that line later still: the line takes the time of
+    # the write that sent it, so the release stays in the spike's phase.
+    result, _ = capture(["sleep:0.2", "spike:256M:30", "sleep:0.3", "fork:sleep:0.1", "wait"])
+    released = [e for e in result["timeline"] if e["kind"] == "release" and e["cls"] == "anon"]
+    assert released and {e["phase"] for e in released} == {"step spike:256M:30"}, released
+    lines = {p["name"]: p for p in result["phases"] if p["source"] == "output"}
+    child = next(p["pid"] for p in result["processes"][1:])
+    assert lines[f"child {child}: step sleep:0.1"]["pid"] == child   # the writer, from the kernel
+
+
 def attach(pid, go, *options):
     """Run `ramwatchd --pid`, and let the workload go on once it is tracing."""
     ramwatchd = subprocess.Popen(RAMWATCHD + ["--pid", str(pid), "--quiet", *options],
