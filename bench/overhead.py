@@ -121,9 +121,9 @@ class RamDisk:
 
     CONTROL = Path("/sys/class/zram-control")
 
-    def __init__(self, workdir, size):
+    def __init__(self, workdir, file_size):
         self.mount = workdir / "weights"
-        self.size = size
+        self.size = file_size
         self.index = None
 
     def __enter__(self):
