@@ -8,6 +8,16 @@ from ramwatchd.events import Kind
 from ramwatchd.probes import TRACED_SLOTS, ProbeOptions, Probes
 
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
+
+
+def free_pid_pair():
+    """Two unused pids that share one slot: pid and pid + TRACED_SLOTS, both
+    below pid_max (32768 by default, so the pair must start low)."""
+    for pid in range(1000, PID_MAX - TRACED_SLOTS - 1):
+        if not any(Path(f"/proc/{p}").exists() for p in (pid, pid + TRACED_SLOTS)):
+            return pid, pid + TRACED_SLOTS
+    raise AssertionError("no two free pids share a slot")
 
 
 def start_with_pid(workload, steps, pid):
@@ -19,6 +29,7 @@ def start_with_pid(workload, steps, pid):
         if proc.pid == pid:
             return proc
         proc.kill()
+        proc.wait()
     raise AssertionError(f"could not start a process with pid {pid}")
 
 
@@ -31,9 +42,9 @@ def test_a_process_whose_slot_is_taken_is_still_traced(workload, tmp_path):
     def steps(name):   # ready, then on go touch size bytes, say so, and hold them
         return ["ready:READY", f"await:{go}", f"anon:{size}", f"ready:{tmp_path / name}", "sleep:30"]
 
-    first = workload(steps("first"))
-    other = first.pid - TRACED_SLOTS if first.pid > TRACED_SLOTS + 300 else first.pid + TRACED_SLOTS
-    second = start_with_pid(workload, steps("second"), other)
+    pids = free_pid_pair()
+    first = start_with_pid(workload, steps("first"), pids[0])
+    second = start_with_pid(workload, steps("second"), pids[1])
     for proc in (first, second):
         probes.trace(proc.pid, (0, 0, 0, 0))
 
