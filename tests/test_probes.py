@@ -20,17 +20,22 @@ def free_pid_pair():
     raise AssertionError("no two free pids share a slot")
 
 
-def start_with_pid(workload, steps, pid):
-    """Start a workload whose pid is pid: the kernel gives the next process
-    ns_last_pid + 1, unless another process forks in between (then retry)."""
+def start_on_pids(workload, steps, pids):
+    """Start one workload per pid, each on its pid: the kernel gives the next
+    process ns_last_pid + 1, unless another process forks in between (then
+    retry on a fresh pair)."""
     for _ in range(5):
-        NS_LAST_PID.write_text(str(pid - 1))
-        proc = workload(steps)
-        if proc.pid == pid:
-            return proc
-        proc.kill()
-        proc.wait()
-    raise AssertionError(f"could not start a process with pid {pid}")
+        procs = []
+        for pid, step in zip(pids, steps):
+            NS_LAST_PID.write_text(str(pid - 1))
+            procs.append(workload(step))
+        if [proc.pid for proc in procs] == list(pids):
+            return procs
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        pids = free_pid_pair()
+    raise AssertionError(f"could not start processes on pids {pids}")
 
 
 def test_a_process_whose_slot_is_taken_is_still_traced(workload, tmp_path):
@@ -42,9 +47,7 @@ def test_a_process_whose_slot_is_taken_is_still_traced(workload, tmp_path):
     def steps(name):   # ready, then on go touch size bytes, say so, and hold them
         return ["ready:READY", f"await:{go}", f"anon:{size}", f"ready:{tmp_path / name}", "sleep:30"]
 
-    pids = free_pid_pair()
-    first = start_with_pid(workload, steps("first"), pids[0])
-    second = start_with_pid(workload, steps("second"), pids[1])
+    first, second = start_on_pids(workload, [steps("first"), steps("second")], free_pid_pair())
     for proc in (first, second):
         probes.trace(proc.pid, (0, 0, 0, 0))
 
