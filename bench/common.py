@@ -1,14 +1,10 @@
-"""What the benchmarks share: command-line sizes, C workloads, and a CPU of
+"""What the benchmarks share: C workloads, command-line options, and a CPU of
 the workload's own, so that the scheduler moving it around stays out of the
 figures. The kernel side of a capture runs in the workload's own context, so
 pinning hides none of its cost."""
-import argparse
 import os
 import shutil
 import subprocess
-
-from ramwatchd.units import parse_bytes
-
 
 # The fault workload of both benchmarks. For each byte read from stdin: map
 # SIZE bytes of fresh private anonymous memory, touch one byte per 4 KiB page,
@@ -50,14 +46,6 @@ int main(int argc, char **argv)
 
 class BenchError(Exception):
     """The measurement could not be made; the message says why."""
-
-
-def size(text):
-    """argparse type: '1GiB', '256M', '4096'."""
-    try:
-        return parse_bytes(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_cpu_option(parser):

@@ -32,8 +32,9 @@ import tempfile
 from pathlib import Path
 
 from common import (BenchError, add_cpu_option, add_touch_option, check_cpu, fault_loop, leave_cpu,
-                    on_cpu, size)
+                    on_cpu)
 from ramwatchd.probes import ProbeError, ProbeOptions, Probes, import_bcc
+from ramwatchd.units import size_arg
 
 STATES = ("off", "empty", "untraced", "traced", "exact-rss")
 # (raw or not, tracepoint, bcc's name for the program on it)
@@ -155,7 +156,7 @@ def report(results):
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=100, help="cycles through the states (default 100)")
-    p.add_argument("--size", type=size, default=256 << 20, help="memory touched per round (default 256MiB)")
+    p.add_argument("--size", type=size_arg, default=256 << 20, help="memory touched per round (default 256MiB)")
     add_cpu_option(p)
     add_touch_option(p)
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE")

@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 from common import (BenchError, add_cpu_option, add_touch_option, check_cpu, fault_loop, leave_cpu,
-                    on_cpu, size)
+                    on_cpu)
+from ramwatchd.units import size_arg
 
 BUDGET_PCT = {"faults": 5.0, "weights": 2.0}
 CHUNK = 16 << 20
@@ -274,8 +275,8 @@ def parse_args():
     p.add_argument("--pairs", type=int, default=15, help="base/traced pairs per workload (default 15)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per run, after an untimed one; "
                    "a run's figure is their median (default 5)")
-    p.add_argument("--fault-size", type=size, default=1 << 30, help="anonymous memory to touch (default 1GiB)")
-    p.add_argument("--file-size", type=size, default=1 << 30, help="weights file to read (default 1GiB)")
+    p.add_argument("--fault-size", type=size_arg, default=1 << 30, help="anonymous memory to touch (default 1GiB)")
+    p.add_argument("--file-size", type=size_arg, default=1 << 30, help="weights file to read (default 1GiB)")
     p.add_argument("--dir", help="read the weights file from a disk, in this directory (not tmpfs), "
                    "instead of the RAM-backed file system")
     add_cpu_option(p)

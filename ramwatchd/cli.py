@@ -4,6 +4,7 @@ import json
 import sys
 
 from . import __version__
+from .units import size_arg
 
 EPILOG = """\
 examples:
@@ -31,14 +32,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _size(text):
-    from .units import parse_bytes
-    try:
-        return parse_bytes(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def _positive(text):
     try:
         value = float(text)
@@ -58,19 +51,19 @@ def _capture_options(p):
     g.add_argument("--weights", action="append", metavar="GLOB",
                    help="file pattern counted as model weights (repeatable; default: "
                         "*.safetensors *.bin *.pt *.pth *.gguf *.ckpt *.onnx ...)")
-    g.add_argument("--min-change", type=_size, default="8MiB", metavar="SIZE",
+    g.add_argument("--min-change", type=size_arg, default="8MiB", metavar="SIZE",
                    help="smallest move of one mapping shown on the timeline (default 8MiB)")
-    g.add_argument("--rss-step", type=_size, default="16MiB", metavar="SIZE",
+    g.add_argument("--rss-step", type=size_arg, default="16MiB", metavar="SIZE",
                    help="with --exact-rss: the kernel reports a process's RSS each time it moves "
                         "this much (default 16MiB)")
     g.add_argument("--exact-rss", action="store_true",
                    help="keep exact RSS sizes and peaks in the kernel (kmem:rss_stat as a "
                         "classic tracepoint: costlier per page fault; see README 'Overhead')")
-    g.add_argument("--min-syscall", type=_size, default="1MiB", metavar="SIZE",
+    g.add_argument("--min-syscall", type=size_arg, default="1MiB", metavar="SIZE",
                    help="smaller mmap/munmap/madvise/mremap calls are not reported (default 1MiB)")
     g.add_argument("--fault-sample", type=int, default=64, metavar="N",
                    help="sample one page fault in N for where faults land (default 64)")
-    g.add_argument("--spike", type=_size, default="256MiB", metavar="SIZE",
+    g.add_argument("--spike", type=size_arg, default="256MiB", metavar="SIZE",
                    help="a rise of SIZE that falls back within 100 ms is a spike (default 256MiB)")
     g.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
 

@@ -1,4 +1,5 @@
 """Bytes and durations as a person reads them, and back."""
+import argparse
 import re
 
 _UNITS = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
@@ -22,6 +23,14 @@ def parse_bytes(text):
     if not m or m.group(2).lower() not in _PARSE:
         raise ValueError(f"not a size: {text!r} (try 256MiB, 1.5GiB or 4096)")
     return int(float(m.group(1)) * _PARSE[m.group(2).lower()])
+
+
+def size_arg(text):
+    """argparse type for a size: parse_bytes, with its error as a usage error."""
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def fmt_seconds(s):
