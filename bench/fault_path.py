@@ -33,7 +33,7 @@ from pathlib import Path
 
 from common import (BenchError, add_cpu_option, add_touch_option, check_cpu, fault_loop, leave_cpu,
                     on_cpu)
-from ramwatchd.probes import ProbeError, ProbeOptions, Probes, import_bcc
+from ramwatchd.kernel.probes import ProbeError, ProbeOptions, Probes, import_bcc
 from ramwatchd.units import size_arg
 
 STATES = ("off", "empty", "untraced", "traced", "exact-rss")
@@ -90,7 +90,7 @@ class FaultPath:
             self.attached = want
         for probes in (self.capture, self.exact):
             if probes is traced:
-                probes.trace(self.pid, (0, 0, 0, 0))
+                probes.trace(self.pid)
             else:
                 probes.untrace(self.pid)
 

@@ -143,11 +143,11 @@ def _dispatch(parser, args):
 
 def _daemon(args):
     import logging
-    from . import config as configuration
-    from .daemon import Daemon
     from .doctor import capture_blockers
-    from .exporter import serve
-    from .probes import ProbeError
+    from .drivers.daemon import config as configuration
+    from .drivers.daemon.daemon import Daemon
+    from .drivers.daemon.exporter import serve
+    from .kernel.probes import ProbeError
     try:
         config = configuration.load(args.config) if args.config else configuration.Config()
         if args.listen:
@@ -176,7 +176,7 @@ def _daemon(args):
 
 
 def _listen(text):
-    from .config import ConfigError
+    from .drivers.daemon.config import ConfigError
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen: expected ADDRESS:PORT such as 127.0.0.1:9725, not {text!r}")
@@ -184,7 +184,7 @@ def _listen(text):
 
 
 def _report(args):
-    from .report import ReportError, load, render_summary, render_timeline
+    from .views.report import ReportError, load, render_summary, render_timeline
     try:
         result = load(args.file)
     except ReportError as err:
@@ -198,7 +198,7 @@ def _report(args):
 
 
 def _draw(result, path):
-    from .plot import PlotError, draw_timeline
+    from .views.plot import PlotError, draw_timeline
     try:
         draw_timeline(result, path)
     except PlotError as err:
@@ -211,11 +211,12 @@ def _capture(args, pid=None, argv=None):
     blockers = capture_blockers()
     if blockers:
         raise CliError(blockers[0] + " (run 'ramwatchd doctor' for every check)")
-    from .capture import Capture, CaptureOptions, TargetError, check_command, check_pid
-    from .classes import DEFAULT_WEIGHT_PATTERNS, Classifier
-    from .probes import ProbeError, ProbeOptions
-    from .report import render_summary
-    from .timeline import format_entry, header
+    from .drivers.capture.program import TargetError, check_command
+    from .drivers.capture.session import Capture, CaptureOptions, check_pid
+    from .kernel.probes import ProbeError, ProbeOptions
+    from .ledger.classes import DEFAULT_WEIGHT_PATTERNS, Classifier
+    from .views.report import render_summary
+    from .views.timeline import format_entry, header
 
     options = CaptureOptions(
         children=getattr(args, "children", False) or argv is not None,
@@ -245,7 +246,10 @@ def _capture(args, pid=None, argv=None):
     print(f"ramwatchd: tracing {what}; Ctrl-C ends the capture", file=sys.stderr, flush=True)
     if not args.quiet:
         print(header())
-    cap.run()
+    try:
+        cap.run()
+    except KeyboardInterrupt:   # a second Ctrl-C while finishing: save what there is
+        pass
     result = cap.result()
     print(render_summary(result), end="")
     if args.json:

@@ -4,12 +4,12 @@ import os
 import platform
 from pathlib import Path
 
-from .probes import TRACEFS, ProbeError, ProbeOptions, Probes, import_bcc
+from .kernel.probes import TRACEFS, ProbeError, ProbeOptions, Probes, import_bcc
 
 CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 19, 21, 38, 39
 TRACEPOINTS = ["kmem/rss_stat", "filemap/mm_filemap_add_to_page_cache",
                "filemap/mm_filemap_delete_from_page_cache", "oom/mark_victim",
-               "task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit",
+               "task/task_newtask", "task/task_rename", "sched/sched_process_exec", "sched/sched_process_exit",
                "syscalls/sys_enter_write"] + [
     f"syscalls/sys_{side}_{name}" for name in
     ("mmap", "munmap", "mremap", "brk", "madvise", "shmat", "shmdt", "memfd_create")

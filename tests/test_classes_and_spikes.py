@@ -1,7 +1,7 @@
 """The pure parts of the data path: classifying mappings and finding spikes."""
-from ramwatchd.classes import Classifier
-from ramwatchd.procfs import Vma
-from ramwatchd.spikes import find_spikes
+from ramwatchd.ledger.classes import Classifier
+from ramwatchd.ledger.procfs import Vma
+from ramwatchd.ledger.rss import SpikeRule, find_spikes
 
 MiB = 1 << 20
 
@@ -61,18 +61,18 @@ def series(*points):
 
 def test_a_short_rise_and_fall_is_a_spike():
     s = series((0.0, 100), (1.0, 300), (1.01, 612), (1.06, 100), (2.0, 100))
-    (spike,) = find_spikes(7, s)
+    (spike,) = find_spikes(s, SpikeRule())[0]
     assert spike.size == 512 * MiB and spike.member == "anon"
     assert abs(spike.hold_s - 0.05) < 1e-9
 
 
 def test_a_flat_top_is_one_spike_and_flat_steps_on_the_way_up_are_part_of_its_rise():
     s = series((0.0, 100), (0.5, 300), (0.5, 300), (1.0, 612), (1.0, 612), (1.03, 612), (1.05, 100))
-    (spike,) = find_spikes(7, s)
+    (spike,) = find_spikes(s, SpikeRule())[0]
     assert spike.peak_t == 1.0 and abs(spike.hold_s - 0.05) < 1e-9
 
 
 def test_memory_that_stays_is_no_spike():
-    assert find_spikes(7, series((0.0, 100), (1.0, 612), (1.5, 100))) == []   # held 500 ms
-    assert find_spikes(7, series((0.0, 100), (1.0, 300), (1.05, 100))) == []  # rose 200 MiB
-    assert find_spikes(7, series((0.0, 100), (1.0, 612))) == []               # never fell
+    assert find_spikes(series((0.0, 100), (1.0, 612), (1.5, 100)), SpikeRule())[0] == []   # held 500 ms
+    assert find_spikes(series((0.0, 100), (1.0, 300), (1.05, 100)), SpikeRule())[0] == []  # rose 200 MiB
+    assert find_spikes(series((0.0, 100), (1.0, 612)), SpikeRule())[0] == []               # never fell

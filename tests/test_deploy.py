@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import WORKLOAD
-from ramwatchd import config as configuration
+from ramwatchd.drivers.daemon import config as configuration
 from test_daemon import TAGGED_GROUPS, Daemon, Prometheus, free_port, wait_until
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

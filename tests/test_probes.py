@@ -4,8 +4,8 @@ import time
 from pathlib import Path
 
 from conftest import MiB
-from ramwatchd.events import Kind
-from ramwatchd.probes import TRACED_SLOTS, ProbeOptions, Probes
+from ramwatchd.kernel.events import RssStep
+from ramwatchd.kernel.probes import TRACED_SLOTS, ProbeOptions, Probes
 
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 PID_MAX = int(Path("/proc/sys/kernel/pid_max").read_text())
@@ -49,14 +49,14 @@ def test_a_process_whose_slot_is_taken_is_still_traced(workload, tmp_path):
 
     first, second = start_on_pids(workload, [steps("first"), steps("second")], free_pid_pair())
     for proc in (first, second):
-        probes.trace(proc.pid, (0, 0, 0, 0))
+        probes.trace(proc.pid)
 
     go.touch()
     deadline = time.monotonic() + 30
     while not ((tmp_path / "first").exists() and (tmp_path / "second").exists()):
         assert time.monotonic() < deadline, "workloads never finished touching"
         time.sleep(0.05)
-    steps_seen = {ev.pid for ev in probes.poll(100) if ev.kind == Kind.RSS_STEP}
+    steps_seen = {ev.pid for ev in probes.poll(100) if type(ev) is RssStep}
     faults = {}
     for (pid, _region), n in probes.drain_fault_samples().items():
         faults[pid] = faults.get(pid, 0) + n

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .classes import DEFAULT_WEIGHT_PATTERNS
+from ...ledger.classes import DEFAULT_WEIGHT_PATTERNS
 
 
 class ConfigError(Exception):

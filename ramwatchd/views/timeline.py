@@ -1,7 +1,28 @@
-"""Stage 4 (live view): one printed line per timeline entry, as the capture runs."""
+"""The live view: one printed line per timeline entry, as a capture runs."""
 import os
+from dataclasses import dataclass
 
-from .units import fmt_bytes
+from ..units import fmt_bytes
+
+KINDS = ("grow", "release", "phase", "mark", "fork", "exec", "rename", "exit", "spike", "pinned",
+         "cuda", "oom", "drift", "lost", "shed", "short-lived")
+
+
+@dataclass
+class Entry:
+    """One line of the timeline: plain data, as saved."""
+    t: float
+    pid: int
+    comm: str
+    kind: str          # one of KINDS
+    text: str = ""
+    cls: str = ""
+    name: str = ""
+    delta: int = 0
+    rss_after: int = 0
+    cause: str = ""
+    phase: str = ""
+
 
 _WIDE = {"grow", "release"}
 

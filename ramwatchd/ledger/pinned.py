@@ -1,14 +1,14 @@
-"""Ledger stage: CUDA pinned host memory, per process.
+"""CUDA pinned host memory, per process.
 
 /proc shows memory the CUDA driver pinned only as a shared mapping named
 `/dev/zero (deleted)`, like any MAP_SHARED|MAP_ANONYMOUS region. The uprobes on
 the driver's entry points say which ranges it allocated (class cuda_pinned) and
 which it registered (they keep their class, e.g. shm_posix, and are pinned too).
-A range lives until it is freed or unregistered, or the process exits.
+A range lives until it is freed or unregistered, or the process exits or execs.
 """
 from dataclasses import dataclass
 
-from .events import Kind
+from ..kernel.events import CudaCallKind
 
 ALLOCATED, REGISTERED = "allocated", "registered"
 
@@ -32,16 +32,19 @@ class PinnedTable:
     def __init__(self):
         self.ranges = {}    # start -> PinnedRange
 
-    def apply(self, ev, caller, t):
-        """Record one successful CUDA call; return the range it made or ended."""
-        if ev.failed:
+    def apply(self, call, caller, t):
+        """Record one successful CudaCall; return the range it made or ended."""
+        if call.failed:
             return None
-        if ev.kind in (Kind.CUDA_ALLOC, Kind.CUDA_REGISTER):
-            how = ALLOCATED if ev.kind == Kind.CUDA_ALLOC else REGISTERED
-            r = PinnedRange(ev.addr, ev.length, ev.flags, how, ev.symbol, caller, t)
-            self.ranges[ev.addr] = r
+        if call.starts_range:
+            how = ALLOCATED if call.call == CudaCallKind.ALLOC else REGISTERED
+            r = PinnedRange(call.addr, call.size, call.flags, how, call.symbol, caller, t)
+            self.ranges[call.addr] = r
             return r
-        return self.ranges.pop(ev.addr, None)
+        return self.ranges.pop(call.addr, None)
+
+    def clear(self):
+        self.ranges.clear()
 
     def spans(self, how):
         return [(r.start, r.end) for r in self.ranges.values() if r.how == how]

@@ -2,7 +2,7 @@
 form, so a live capture and `ramwatchd report FILE.json` print the same thing."""
 import json
 
-from .units import fmt_bytes, fmt_seconds
+from ..units import fmt_bytes, fmt_seconds
 from .timeline import format_entry
 
 
@@ -203,6 +203,10 @@ def _health(result):
     worst = max((abs(p["reconciliation"]["worst_drift"]) for p in result["processes"]), default=0)
     out.append(f"  classes vs VmRSS: {samples - failed}/{samples} looks within max(1%, 4 MiB); "
                f"worst difference {fmt_bytes(worst)}")
+    if result.get("run_s"):
+        share = result["own_cpu_s"] / result["run_s"]
+        out.append(f"  ramwatchd's own CPU: {result['own_cpu_s']:.2f} s in {fmt_seconds(result['run_s'])} "
+                   f"({share:.1%} of one core)")
     stats = result["kernel_stats"]
     lost = {k: v for k, v in stats.items() if v}
     out.append("  kernel side: nothing dropped" if not lost else

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import MetricsHandler
 
-from . import __version__
+from ... import __version__
 
 log = logging.getLogger("ramwatchd")
 
@@ -31,11 +31,15 @@ class DaemonCollector:
         with d.lock:
             resident, proportional, processes, pinned_requested, pinned_mapped = d.aggregate()
             mappings = d.top_mappings()
-            peaks = dict(d.group_peaks)
-            faults, ooms, cut = dict(d.faults), dict(d.oom_kills), dict(d.cut)
-            node, durations = d.node, dict(d.durations)
+            live = d.groups.live()
+            peaks = {g.name: g.peak for g in live}
+            faults = d.groups.faults()
+            ooms = {g.name: g.oom_kills for g in d.groups.groups.values()}
+            cut = dict(d.node.cut, groups=d.groups.cut)
+            node, durations = _NodeFigures(d.node), dict(d.durations)
             stats, attached, smaps_reads = d.probes.stats(), d.probes.programs_attached(), d.smaps_reads
-            unattributed, hidden = d.faults_unattributed, len(d.hidden)
+            unattributed, hidden = d.tracker.unattributed_faults, d.unreadable()
+            d.groups.drop_emptied(scraped=True)
         yield _gauge("ramwatchd_resident_bytes", "Resident bytes (RSS) of the group's processes, "
                      "by memory class.", ["group", "class"], resident)
         yield _gauge("ramwatchd_proportional_resident_bytes", "Proportional resident bytes (PSS): "
@@ -71,6 +75,14 @@ class DaemonCollector:
                      "(another user namespace, a hardened /proc).", [], {(): hidden})
         yield _counter("ramwatchd_series_cut", "Series (or samples) left out by a configured limit.",
                        ["limit"], {(k,): v for k, v in cut.items()})
+
+
+class _NodeFigures:
+    """A copy of the node tier's figures, taken under the daemon's lock."""
+
+    def __init__(self, tier):
+        self.meminfo, self.cgroups = dict(tier.meminfo), dict(tier.cgroups)
+        self.shm, self.shm_orphaned, self.page_cache = list(tier.shm), tier.shm_orphaned, dict(tier.page_cache)
 
 
 def _gauge(name, doc, labels, values):

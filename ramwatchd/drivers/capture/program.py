@@ -1,0 +1,88 @@
+"""The program `ramwatchd run` starts: behind a gate, so tracing begins before
+its first instruction, with its output read line by line for phases."""
+import os
+import queue
+import shutil
+import subprocess
+import threading
+
+# A line takes the time of the kernel's last write to stdout/stderr if that
+# came at most this long before ramwatchd read the line.
+OUTPUT_WRITE_WINDOW_S = 1.0
+
+
+class TargetError(Exception):
+    """The pid or command to capture cannot be used; the message says why."""
+
+
+def check_command(argv):
+    if shutil.which(argv[0]) is None:
+        raise TargetError(f"command not found: {argv[0]}")
+
+
+class Program:
+    """The command under capture. The gate is a shell waiting to read one byte
+    on fd 3; the capture traces it, then opens the gate and the shell execs."""
+
+    def __init__(self, argv, environ):
+        check_command(argv)
+        gate_r, self._gate = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                ["/bin/sh", "-c", 'read -r _ <&3; exec 3<&-; exec "$@"', "ramwatchd-gate"] + list(argv),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=dict(environ, PYTHONUNBUFFERED="1"), pass_fds=(3,),
+                preexec_fn=lambda: os.dup2(gate_r, 3))
+        finally:
+            os.close(gate_r)
+        self.pid = self.proc.pid
+        self.lines = queue.Queue()
+        self._reader = None
+
+    def go(self, clock, last_output_write):
+        """Open the gate, and read the program's lines from now on. Each line
+        takes the time and writer of the last write to stdout or stderr the
+        kernel saw, which sent it; else (a write the kernel did not see, such as
+        writev) the moment it was read, and the program itself."""
+        os.write(self._gate, b"g\n")
+        os.close(self._gate)
+
+        def read():
+            for raw in self.proc.stdout:
+                t, pid = clock.now(), self.pid
+                write = last_output_write()
+                if write and t - OUTPUT_WRITE_WINDOW_S <= clock.of_kernel(write[0]) <= t:
+                    t, pid = clock.of_kernel(write[0]), write[1]
+                self.lines.put((t, pid, raw.decode(errors="replace").rstrip("\n")))
+            self.lines.put(None)
+        self._reader = threading.Thread(target=read, name="output", daemon=True)
+        self._reader.start()
+
+    def take_lines(self):
+        """[(t, writer pid, line)] read so far."""
+        out = []
+        while True:
+            try:
+                item = self.lines.get_nowait()
+            except queue.Empty:
+                return out
+            if item is not None:
+                out.append(item)
+
+    def end(self):
+        """Stop the program if it still runs; its exit code if it ended on its own."""
+        ended_by_us = self.proc.poll() is None
+        if ended_by_us:
+            self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        return None if ended_by_us else code
+
+    @property
+    def running(self):
+        return self.proc.poll() is None

@@ -1,0 +1,1 @@
+"""The node-wide daemon: `ramwatchd daemon`, serving Prometheus metrics."""

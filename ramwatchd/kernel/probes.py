@@ -1,0 +1,328 @@
+"""The kernel probes: compiles bpf/ramwatchd.bpf.c with bcc, attaches the
+programs the options select, and exposes what they collect: typed events, and
+the aggregates kept in the kernel (fault samples per region, page cache per
+file, calls shed per process, what could not be recorded).
+"""
+import ctypes
+import os
+import re
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import cuda, records
+
+TRACEFS = Path("/sys/kernel/tracing")
+TRACED_SLOTS = 16384
+MAX_EVENTS_PER_POLL = 20000    # one poll's share, so that looks and lines keep their pace
+STAT_NAMES = ("events_lost", "children_not_followed", "fault_regions_full", "files_full",
+              "inflight_full", "calls_shed")
+MM_SYSCALLS = ("mmap", "munmap", "mremap", "brk", "madvise", "shmat", "shmdt", "memfd_create")
+
+
+class ProbeError(Exception):
+    """The kernel side could not be set up; the message says why and what to do."""
+
+
+def bpf_source_dir():
+    """bpf/ beside the package in a checkout, or ramwatchd/bpf in an installed copy."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "bpf", here / "bpf"):
+        if (candidate / "ramwatchd.bpf.c").is_file():
+            return candidate
+    raise ProbeError(f"BPF sources not found next to {here} (expected bpf/ramwatchd.bpf.c)")
+
+
+def program_text(src):
+    """ramwatchd.bpf.c with its concern files (#include "*.bpf.c" and "*.bpf.h")
+    inlined: bcc rewrites map calls, and gives tracepoint programs their typed
+    `args`, only in the main file."""
+    def inline(match):
+        return (src / match.group(1)).read_text()
+    return re.sub(r'^#include "([\w.]+\.bpf\.[ch])"$', inline,
+                  (src / "ramwatchd.bpf.c").read_text(), flags=re.M)
+
+
+def import_bcc():
+    try:
+        import bcc
+    except ImportError:
+        raise ProbeError("bcc is not importable: install Debian's python3-bpfcc "
+                         "(apt-get install python3-bpfcc) and run deploy/setup.sh; "
+                         "PyPI's 'bcc' is a different package") from None
+    return bcc
+
+
+def tracepoint_format(group, name):
+    try:
+        return (TRACEFS / "events" / group / name / "format").read_text()
+    except OSError:
+        return ""
+
+
+@dataclass
+class ProbeOptions:
+    follow_children: bool = True
+    trace_all: bool = False            # every process on the node (the daemon)
+    mm_syscalls: bool = True           # mmap, munmap, brk, madvise... events (captures)
+    page_cache_fills: bool = True      # page cache filled per file (captures)
+    output_writes: bool = False        # time the writes to stdout/stderr (`run`)
+    exact_rss: bool = False            # sizes from kmem:rss_stat itself: exact, costlier
+    rss_step_bytes: int = 16 << 20     # exact_rss: a step when RSS moves this much
+    rss_step_changes: int = 4096       # otherwise: after this many counter changes
+    rss_step_ms: int = 20              #   or this long after the last step
+    min_syscall_bytes: int = 1 << 20
+    max_calls_per_s: int = 1000        # per process; the rest are counted, not sent
+    fault_sample_period: int = 64
+    fault_region_shift: int = 21       # faults are counted per 2 MiB of address space
+
+    @property
+    def faults_from_perf(self):
+        """exceptions:page_fault_user is x86 only; elsewhere a perf event samples."""
+        return not tracepoint_format("exceptions", "page_fault_user")
+
+    @property
+    def rss_from_faults(self):
+        """With the mm syscalls traced, faults are the only other way RSS moves."""
+        return self.mm_syscalls and not self.exact_rss and not self.faults_from_perf
+
+    def constants(self):
+        exit_format = tracepoint_format("sched", "sched_process_exit")
+        return [f"-DTRACE_ALL={int(self.trace_all)}",
+                f"-DRSS_FROM_FAULTS={int(self.rss_from_faults)}",
+                f"-DRSS_STEP_BYTES={self.rss_step_bytes}LL",
+                f"-DRSS_STEP_CHANGES={self.rss_step_changes}",
+                f"-DRSS_STEP_NS={self.rss_step_ms * 1000000}ULL",
+                f"-DMIN_SYSCALL_BYTES={self.min_syscall_bytes}UL",
+                f"-DMAX_CALLS_PER_S={self.max_calls_per_s}",
+                f"-DFAULT_SAMPLE_PERIOD={self.fault_sample_period}",
+                f"-DFAULT_REGION_SHIFT={self.fault_region_shift}",
+                f"-DPAGE_BYTES={resource.getpagesize()}",
+                f"-DTRACED_SLOTS={TRACED_SLOTS}"] + (
+                    ["-DHAVE_EXIT_GROUP_DEAD"] if "group_dead" in exit_format else [])
+
+    def tracepoints(self):
+        """The classic tracepoints to attach, as 'group:name'."""
+        tps = ["sched:sched_process_exec", "sched:sched_process_exit", "task:task_rename",
+               "oom:mark_victim"]
+        if self.follow_children:
+            tps.append("task:task_newtask")
+        if self.exact_rss:
+            tps.append("kmem:rss_stat")
+        if self.mm_syscalls:
+            tps += [f"syscalls:sys_{side}_{name}" for name in MM_SYSCALLS for side in ("enter", "exit")]
+        if self.output_writes:
+            tps.append("syscalls:sys_enter_write")
+        if self.page_cache_fills:
+            tps += ["filemap:mm_filemap_add_to_page_cache", "filemap:mm_filemap_delete_from_page_cache"]
+        return tps
+
+    def raw_tracepoints(self):
+        raw = []
+        if not self.exact_rss and not self.rss_from_faults:
+            raw.append("rss_stat")
+        if not self.faults_from_perf:
+            raw.append("page_fault_user")
+        if self.rss_from_faults:
+            raw.append("page_fault_kernel")
+        return raw
+
+
+def _manual_bpf(bcc):
+    """bcc's BPF, attaching nothing by itself: the options choose what runs."""
+    class ManualBPF(bcc.BPF):
+        def _trace_autoload(self):
+            pass
+    return ManualBPF
+
+
+class Probes:
+    """The attached BPF programs of one capture or daemon."""
+
+    def __init__(self, options: ProbeOptions):
+        bcc = import_bcc()
+        src = bpf_source_dir()
+        self.options = options
+        try:
+            self.bpf = _manual_bpf(bcc)(text=program_text(src), cflags=options.constants() + [f"-I{src}"])
+            self._attach(bcc)
+        except Exception as err:  # bcc raises bare Exception for load and attach errors
+            raise ProbeError(f"could not load the BPF programs: {err} "
+                             "(run 'ramwatchd doctor' to see which prerequisite is missing)") from None
+        self._decode_errors = 0
+        self._records = []
+        self.bpf["events"].open_ring_buffer(self._on_record)
+        self._traced = self.bpf["traced"]
+        self._slots = self.bpf["slots"]
+        self._cuda_files = set()   # (dev, inode) of driver libraries already probed
+
+    def _attach(self, bcc):
+        for tp in self.options.tracepoints():
+            fn = "tracepoint__" + tp.replace(":", "__")
+            if tp.encode() not in self.bpf.tracepoint_fds:
+                self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+        for tp in self.options.raw_tracepoints():
+            if tp.encode() not in self.bpf.raw_tracepoint_fds:
+                self.bpf.attach_raw_tracepoint(tp=tp, fn_name="raw_tracepoint__" + tp)
+        if self.options.faults_from_perf:
+            self.bpf.attach_perf_event(
+                ev_type=bcc.PerfType.SOFTWARE, ev_config=bcc.PerfSWConfig.PAGE_FAULTS,
+                fn_name=b"on_fault_sample", sample_period=self.options.fault_sample_period)
+
+    def _on_record(self, _ctx, data, size):
+        # bcc calls this once a record, through ctypes: copy it and return.
+        self._records.append(ctypes.string_at(data, size))
+
+    def poll(self, timeout_ms):
+        """Wait up to timeout_ms for kernel events; return those that arrived."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()   # records sent without a wakeup
+        raw, self._records = self._records, []
+        out = []
+        for record in raw:
+            try:
+                out.append(records.decode(record))
+            except records.UnknownRecord:
+                self._decode_errors += 1
+        return out
+
+    # ---- which processes are traced -----------------------------------------
+
+    def trace(self, pid):
+        """Trace pid from now on, with fresh state (a child the kernel already
+        added at fork keeps its own)."""
+        if self._state(pid) is None:
+            state = self._traced.Leaf()
+            state.tgid = pid
+            self._place(pid, state)
+
+    def untrace(self, pid):
+        key = self._slot_key(pid)
+        slot = self._slots[key]
+        if slot.tgid == pid:
+            slot.tgid = 0
+            self._slots[key] = slot
+        self._delete(pid)
+
+    def seed_rss(self, pid, members):
+        """--exact-rss: give the kernel the members (file, anon, swap, shmem)
+        it has not seen change yet, read from /proc; it keeps them from here."""
+        state = self._state(pid)
+        if state is None:
+            return
+        for m, value in enumerate(members):
+            if not state.known >> m & 1:
+                state.rss[m] = value
+                state.known |= 1 << m
+        self._place(pid, state)
+
+    def _slot_key(self, pid):
+        return self._slots.Key(pid & (TRACED_SLOTS - 1))
+
+    def _state(self, pid):
+        slot = self._slots[self._slot_key(pid)]
+        if slot.tgid == pid:
+            return slot
+        try:
+            return self._traced[self._traced.Key(pid)]
+        except KeyError:
+            return None
+
+    def _place(self, pid, state):
+        """Into pid's slot if it is free (the fast path), else the hash."""
+        key = self._slot_key(pid)
+        if self._slots[key].tgid in (0, pid):
+            self._slots[key] = state
+            self._delete(pid)
+        else:
+            self._traced[self._traced.Key(pid)] = state
+            used = self.bpf["hash_used"]
+            used[used.Key(0)] = used.Leaf(1)   # from now on the kernel looks there too
+
+    def _delete(self, pid):
+        try:
+            del self._traced[self._traced.Key(pid)]
+        except KeyError:
+            pass
+
+    # ---- what the kernel aggregated ------------------------------------------
+
+    def last_output_write(self):
+        """(monotonic ns, tgid) of the last write to stdout or stderr by a
+        traced process, or None (before any, or without output_writes)."""
+        if not self.options.output_writes:
+            return None
+        w = self.bpf["last_output"][0]
+        return (w.ts_ns, w.tgid) if w.ts_ns else None
+
+    def drain_fault_samples(self):
+        """{(pid, region_start): estimated faults} since the last drain: the
+        samples scaled by the sample period."""
+        table = self.bpf["fault_samples"]
+        shift, period = self.options.fault_region_shift, self.options.fault_sample_period
+        return {(key.tgid, key.region << shift): count * period
+                for key, count in table.items_lookup_and_delete_batch()}
+
+    def drain_shed_calls(self):
+        """{pid: (calls, bytes)} of mm calls counted in the kernel instead of
+        sent, since the last drain."""
+        if not self.options.mm_syscalls:
+            return {}
+        return {key.value: (v.calls, v.bytes) for key, v in self.bpf["shed"].items_lookup_and_delete_batch()}
+
+    def page_cache(self):
+        """{(dev, ino): (added, removed)} bytes, cumulative; dev as stat() gives it."""
+        if not self.options.page_cache_fills:
+            return {}
+        return {(kernel_dev_to_userspace(k.dev), k.ino): (v.added, v.removed)
+                for k, v in self.bpf["files"].items()}
+
+    def stats(self):
+        table = self.bpf["stats"]
+        out = {name: sum(table[ctypes.c_int(i)]) for i, name in enumerate(STAT_NAMES)}
+        out["records_undecoded"] = self._decode_errors
+        return out
+
+    def programs_attached(self):
+        b = self.bpf
+        return (len(b.tracepoint_fds) + len(b.raw_tracepoint_fds) + len(b.uprobe_fds)
+                + sum(len(fds) for fds in b.open_perf_events.values()) // max(1, os.cpu_count()))
+
+    # ---- the CUDA driver -----------------------------------------------------
+
+    def attach_cuda(self, path):
+        """uprobes on the CUDA driver's host-memory entry points in the library at
+        path (reachable from here: /proc/PID/root/... for a container's copy).
+        Each file is probed once; returns the symbols newly probed."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        if (st.st_dev, st.st_ino) in self._cuda_files:
+            return []
+        self._cuda_files.add((st.st_dev, st.st_ino))
+        probed = []
+        for symbol in cuda.SYMBOLS:
+            try:
+                self.bpf.attach_uprobe(name=path, sym=symbol, fn_name=f"{symbol}_enter")
+                self.bpf.attach_uretprobe(name=path, sym=symbol, fn_name="cuda_return")
+            except Exception:   # bcc: this driver version lacks the symbol
+                continue
+            probed.append(symbol)
+        return probed
+
+    def allocating_cuda(self):
+        """tgids inside a CUDA allocation call right now. Their new mapping exists
+        before the call returns and says what it is: a look then would call it
+        plain shared memory."""
+        if not self._cuda_files:
+            return set()
+        return {entry.tgid for entry in self.bpf["cuda_inflight"].values() if entry.call == 0}
+
+    def close(self):
+        self.bpf.cleanup()
+
+
+def kernel_dev_to_userspace(dev):
+    """The kernel's dev_t (major << 20 | minor) -> os.makedev form used by stat()."""
+    return os.makedev(dev >> 20, dev & ((1 << 20) - 1))

@@ -1,0 +1,109 @@
+"""The ring buffer's records, mirrored from bpf/ramwatchd.h and decoded into
+the typed events of events.py. The one place that knows the byte layout.
+
+Each layout is written once, as ctypes fields (names as in the event types);
+decoding unpacks with the equivalent struct format, which costs a fraction of
+ctypes' per-field access on the hot path of a busy capture.
+"""
+import ctypes
+import struct
+
+from . import cuda, events
+
+_u32, _u64, _s64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
+
+
+def _chars(n):
+    return ctypes.c_char * n
+
+
+HEAD = [("ts_ns", _u64), ("tgid", _u32), ("tid", _u32), ("kind", _u32), ("pad", _u32), ("comm", _chars(16))]
+
+# enum event_kind -> (the payload after the head, the event type it decodes to).
+# Payload fields carry the event type's field names; "pad" is skipped.
+LAYOUTS = {
+    1: ([("addr", _u64), ("length", _u64), ("prot", _u64), ("flags", _u64), ("fd", _s64), ("ret", _s64)],
+        events.Mmap),
+    2: ([("addr", _u64), ("length", _u64), ("ret", _s64)], events.Munmap),
+    3: ([("old_addr", _u64), ("old_length", _u64), ("new_length", _u64), ("flags", _u64), ("ret", _s64)],
+        events.Mremap),
+    4: ([("requested", _u64), ("ret", _s64)], events.Brk),
+    5: ([("addr", _u64), ("length", _u64), ("advice", _u64), ("ret", _s64)], events.Madvise),
+    6: ([("shmid", _s64), ("addr", _u64), ("shmflg", _u64), ("ret", _s64)], events.Shmat),
+    7: ([("addr", _u64), ("ret", _s64)], events.Shmdt),
+    8: ([("flags", _u64), ("ret", _s64), ("name", _chars(64))], events.MemfdCreate),
+    9: ([("child", _u32), ("pad", _u32), ("child_boot_ns", _u64)], events.Fork),
+    10: ([("old_pid", _u32), ("pad", _u32), ("filename", _chars(128))], events.Exec),
+    11: ([("peak", _u64), ("peak_ns", _u64), ("peak_rss", _u64 * 4)], events.Exit),
+    12: ([("renamed", _u32), ("pad", _u32), ("newcomm", _chars(16))], events.Rename),
+    13: ([("victim", _u32), ("pad", _u32), ("anon", _u64), ("file", _u64), ("shmem", _u64),
+          ("victim_comm", _chars(16))], events.OomVictim),
+    14: ([("rss", _u64 * 4), ("known", _u32), ("pad", _u32)], events.RssStep),
+    15: ([("name", _chars(64))], events.Mark),
+    16: ([("addr", _u64), ("size", _u64), ("flags", _u64), ("caller", _u64), ("result", _s64),
+          ("call", _u32), ("symbol", _u32)], events.CudaCall),
+}
+
+_CODES = {_u32: "I", _u64: "Q", _s64: "q"}
+
+
+def _code(ctype):
+    if issubclass(ctype, ctypes.Array):
+        return f"{ctype._length_}s" if ctype._type_ is ctypes.c_char else f"{ctype._length_}{_CODES[ctype._type_]}"
+    return _CODES[ctype]
+
+
+class UnknownRecord(Exception):
+    """A record of a kind or size this side does not know: the two sides disagree."""
+
+
+class _Decoder:
+    """One kind's layout: its struct format and how to turn the values into an event."""
+
+    def __init__(self, payload, event_type):
+        fields = HEAD + payload
+        self.layout = type(event_type.__name__ + "Record", (ctypes.Structure,), {"_fields_": fields})
+        self.format = struct.Struct("@" + "".join(_code(t) for _, t in fields))
+        if self.format.size != ctypes.sizeof(self.layout):
+            raise UnknownRecord(f"{event_type.__name__}: struct and ctypes layouts differ")
+        self.event_type = event_type
+        self.steps = []       # (name, how many values it takes, how to convert them)
+        for name, ctype in fields:
+            array = issubclass(ctype, ctypes.Array) and ctype._type_ is not ctypes.c_char
+            text = issubclass(ctype, ctypes.Array) and not array
+            self.steps.append((name, ctype._length_ if array else 1, "text" if text else "tuple" if array else ""))
+
+    def decode(self, data):
+        values = self.format.unpack_from(data)
+        out, i = {}, 0
+        for name, count, convert in self.steps:
+            if convert == "tuple":
+                out[name] = values[i:i + count]
+            elif convert == "text":
+                out[name] = values[i].split(b"\0", 1)[0].decode(errors="replace")
+            else:
+                out[name] = values[i]
+            i += count
+        out["pid"] = out.pop("tgid")
+        del out["kind"], out["pad"]
+        if self.event_type is events.CudaCall:
+            out["call"] = events.CudaCallKind(out["call"])
+            out["symbol"] = cuda.SYMBOLS[out["symbol"]]
+        return self.event_type(**out)
+
+
+_DECODERS = {kind: _Decoder(payload, event_type) for kind, (payload, event_type) in LAYOUTS.items()}
+_KIND = struct.Struct("@QIII")   # ts_ns, tgid, tid, kind
+
+
+def decode(data):
+    """A ring-buffer record (its bytes) -> its typed event."""
+    size = len(data)
+    kind = _KIND.unpack_from(data)[3]
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise UnknownRecord(f"unknown record kind {kind}")
+    if size != decoder.format.size:
+        raise UnknownRecord(f"record kind {kind} ({decoder.event_type.__name__}) is {size} bytes, "
+                            f"{decoder.format.size} here: bpf/ramwatchd.h and records.py disagree")
+    return decoder.decode(data)

@@ -1,0 +1,29 @@
+"""Why an object's resident bytes moved: the mm calls that acted on its
+mappings, and the page faults sampled in them."""
+from ..kernel.events import Brk
+from .classes import ANON_HEAP
+
+
+def explain(change, calls, faults):
+    """(cause text, kernel ns of the largest then earliest call that touched
+    the object's mappings, or None)."""
+    hits, first = {}, None   # calls sorted: the first hit is the largest
+    for call in sorted(calls, key=lambda c: (-c.size, c.ts_ns)):
+        if _touches(call, change):
+            what = call.describe()
+            hits[what] = hits.get(what, 0) + 1
+            if first is None:
+                first = call.ts_ns
+    parts = [what if n == 1 else f"{what} x{n}" for what, n in hits.items()]
+    if len(parts) > 3:
+        parts = parts[:2] + [f"{len(parts) - 2} more kinds of call"]
+    if faults:
+        parts.append(f"~{faults:,} faults")
+    return "; ".join(parts), first
+
+
+def _touches(call, change):
+    if isinstance(call, Brk):
+        return change.cls == ANON_HEAP
+    span = call.span
+    return span is not None and any(s < span[1] and span[0] < e for s, e in change.ranges)

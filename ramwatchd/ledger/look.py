@@ -1,0 +1,149 @@
+"""A look at one process: its smaps, classified and summed by class and by
+mapped object, reconciled with VmRSS read just before and just after."""
+import bisect
+import time
+from dataclasses import dataclass, field
+
+from .classes import CLASSES
+from .pinned import ALLOCATED, REGISTERED, overlaps
+from .procfs import NoSuchProcess
+
+RECONCILE_MIN_BYTES = 4 << 20
+RECONCILE_FRACTION = 0.01
+# A process in the middle of a large munmap or madvise has already dropped the
+# mapping from smaps while its RSS counters still fall, and one that execs
+# during a look has two layouts in it: look again shortly.
+RETRY_DELAYS_S = (0.005, 0.01, 0.02, 0.04)
+
+
+@dataclass
+class ObjectUsage:
+    """What one mapped object (a file, a shm segment, the heap, anonymous memory)
+    holds in one process, summed over its mappings."""
+    cls: str
+    name: str
+    rss: int = 0
+    pss: int = 0
+    mapped: int = 0
+    dev: tuple = (0, 0)
+    inode: int = 0
+    ranges: list = field(default_factory=list)   # (start, end) of each of its mappings
+    pinned: int = 0      # resident bytes in ranges registered with the CUDA driver
+
+    def add(self, vma, registered):
+        if overlaps(vma, registered):
+            self.pinned += vma.rss
+        self.rss += vma.rss
+        self.pss += vma.pss
+        self.mapped += vma.size
+        self.ranges.append((vma.start, vma.end))
+
+
+@dataclass
+class Snapshot:
+    t: float                      # seconds on the driver's clock
+    vm_rss: int                   # VmRSS read just after smaps
+    vm_rss_before: int            # and just before: a moving process moves between
+    status: object                # procfs.Status read after smaps
+    stat: object                  # procfs.Stat read last: fault counts, the exec'd layout
+    classes: dict                 # class -> resident bytes
+    pss: dict                     # class -> proportional resident bytes
+    objects: dict = field(default_factory=dict)   # (class, name) -> ObjectUsage
+    pinned: list = field(default_factory=list)    # PinnedTable.measure() at this look
+    read_seconds: float = 0.0
+    _spans: list = field(default=None, repr=False)
+
+    @property
+    def total(self):
+        return sum(self.classes.values())
+
+    def object_at(self, addr):
+        """The ObjectUsage whose mappings hold addr, or None."""
+        if self._spans is None:
+            self._spans = sorted((start, end, obj) for obj in self.objects.values()
+                                 for start, end in obj.ranges)
+            self._starts = [s[0] for s in self._spans]
+        i = bisect.bisect_right(self._starts, addr) - 1
+        return self._spans[i][2] if i >= 0 and addr < self._spans[i][1] else None
+
+    @property
+    def tolerance(self):
+        return max(RECONCILE_MIN_BYTES, int(RECONCILE_FRACTION * self.vm_rss))
+
+    @property
+    def drift(self):
+        """How far the classes are from the VmRSS bracket read around them (0 when inside)."""
+        lo, hi = sorted((self.vm_rss_before, self.vm_rss))
+        return min(0, self.total - lo) + max(0, self.total - hi)
+
+    @property
+    def reconciled(self):
+        return abs(self.drift) <= self.tolerance
+
+    def forget_detail(self):
+        """Drop the per-object detail: only a few looks keep it."""
+        self.objects = {}
+        self._spans = None
+
+
+def take_look(proc, t, classifier, pinned):
+    """Look at the process behind ProcDir `proc`. A look that does not reconcile
+    with VmRSS, or that an exec cut in two, is taken again a few times; returns
+    None if every try straddled an exec. Raises procfs.ProcessError (gone,
+    denied, zombie, or exiting: half torn down, smaps no longer adds up)."""
+    snap = None
+    for delay in (0,) + RETRY_DELAYS_S:
+        time.sleep(delay)
+        snap = _look_once(proc, t, classifier, pinned)
+        if snap is not None and snap.reconciled:
+            break
+    return snap
+
+
+def _look_once(proc, t, classifier, pinned):
+    started = time.monotonic()
+    layout = proc.stat().layout
+    before = proc.status()
+    vmas = proc.smaps()
+    after = proc.status()
+    stat = proc.stat()
+    if stat.exiting:
+        raise NoSuchProcess(proc.pid, "exiting")
+    if stat.layout != layout:
+        return None     # an exec came between the two reads
+    vma_classes = classifier.classify(vmas, pinned.spans(ALLOCATED))
+    registered = pinned.spans(REGISTERED)
+    classes = dict.fromkeys(CLASSES, 0)
+    pss = dict.fromkeys(CLASSES, 0)
+    objects = {}
+    for vma, cls in zip(vmas, vma_classes):
+        classes[cls] += vma.rss
+        pss[cls] += vma.pss
+        key = (cls, vma.path or "[anonymous]")
+        if key not in objects:
+            objects[key] = ObjectUsage(cls, key[1], dev=vma.dev, inode=vma.inode)
+        objects[key].add(vma, registered)
+    return Snapshot(t, after.vm_rss, before.vm_rss, after, stat, classes, pss, objects,
+                    pinned.measure(vmas, vma_classes), time.monotonic() - started)
+
+
+@dataclass
+class ObjectChange:
+    cls: str
+    name: str
+    delta: int
+    rss_after: int
+    ranges: list      # the object's mappings before and after: where its causes acted
+
+
+def diff(prev, new, min_bytes):
+    """Objects whose RSS moved by at least min_bytes, largest move first."""
+    changes = []
+    for key in prev.objects.keys() | new.objects.keys():
+        old = prev.objects.get(key)
+        cur = new.objects.get(key)
+        delta = (cur.rss if cur else 0) - (old.rss if old else 0)
+        if abs(delta) >= min_bytes:
+            ranges = (old.ranges if old else []) + (cur.ranges if cur else [])
+            changes.append(ObjectChange(key[0], key[1], delta, cur.rss if cur else 0, ranges))
+    return sorted(changes, key=lambda c: -abs(c.delta))

@@ -1,0 +1,625 @@
+"""The process tracker: the one owner of every watched process's life, for a
+capture and for the daemon alike.
+
+It starts tracking a process (at attach, at a fork the kernel saw, at
+discovery), follows its execs, renames and exit, keeps its RSS series and
+peak, decides when it is due for a look at smaps, attributes its page faults,
+and finds the CUDA driver it loads. Every /proc read happens through it, and a
+process that vanishes between two reads, is denied, or is a zombie is a normal
+outcome it reports as news (Ended), never an exception that reaches a driver.
+"""
+import mmap
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from ..kernel import cuda
+from ..kernel.events import (Exec, Exit, Fork, Mmap, MmCall, OomVictim, Rename, RssStep, CudaCall,
+                             FILE, ANON, SHMEM)
+from . import procfs
+from .causes import explain
+from .classes import Classifier
+from .look import diff, take_look
+from .process import (ATTACHED, DISCOVERED, FORKED, CallsShed, Change, DriverProbed, Ended, Execed,
+                      Looked, OomKill, PinnedCall, Process, Renamed, SpikeSeen, Started)
+from .rss import Peak, SpikeRule
+
+BIG_CALL_BYTES = 64 << 20   # a call this large reads the counters whatever the rate
+MAX_CALLS_KEPT = 4096       # per process between two looks; the largest are kept
+RENAME_HOLD_NS = 50_000_000
+VANISHED_GRACE_S = 1.0      # a process found gone is ended then if no exit event came
+FAULTS_INTERVAL_S = 0.1     # the kernel's fault samples are taken no more often
+
+
+@dataclass
+class LookPolicy:
+    """When a process is due for a look at its smaps (and a read of its status)."""
+    min_interval: float = 0.1       # no more often than this,
+    cost_factor: float = 20         # nor than this many times its last look took
+    settle_delay: float = 0.2       # once more this long after movement stops
+    min_age: float = 0.02           # not while an exec'd program is younger than this
+    first_look_after: float = 1.0   # a process that never moves: its first look
+    rss_interval: float = 0.01      # its counters, on movement, no more often than this
+
+    def interval(self, p):
+        cost = p.latest.read_seconds if p.latest else 0.0
+        return max(self.min_interval, self.cost_factor * cost)
+
+
+class Clock:
+    """Seconds since the driver started, and the kernel's timestamps on that scale."""
+
+    def __init__(self, t0=None):
+        self.t0 = time.monotonic() if t0 is None else t0
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    def of_kernel(self, ts_ns):
+        return ts_ns / 1e9 - self.t0
+
+
+class Tracker:
+    def __init__(self, kernel, clock, classifier=None, policy=None, spike_rule=None,
+                 keep_history=True, adopt_unknown=False, details=False, proc_root=procfs.PROC):
+        self.kernel = kernel                # kernel.probes.Probes, or a stand-in
+        self.clock = clock
+        self.classifier = classifier or Classifier()
+        self.policy = policy or LookPolicy()
+        self.spike_rule = spike_rule or SpikeRule()
+        self.keep_history = keep_history    # a capture keeps every look; the daemon the latest
+        self.adopt_unknown = adopt_unknown  # the daemon: any process the kernel shows is tracked
+        self.details = details              # read exe and cgroup too (the daemon groups by them)
+        self.proc_root = proc_root
+        self.alive = {}                     # pid -> Process
+        self.processes = {}                 # key -> Process, ended ones too until forgotten
+        self.ignored = {}                   # pid -> (start, why): kernel threads, unreadable
+        self.unattributed_faults = 0        # sampled in no known mapping
+        self._moved = set()                 # processes with new RSS readings since spikes()
+        self._renames = {}                  # pid -> Rename event held back (see _settle_renames)
+        self._faults_collected = -1e9
+        self._handlers = {Fork: self._on_fork, Exec: self._on_exec, Rename: self._on_rename,
+                          Exit: self._on_exit, RssStep: self._on_rss_step, CudaCall: self._on_cuda,
+                          OomVictim: self._on_oom}
+        exact = getattr(getattr(kernel, "options", None), "exact_rss", False)
+        self.exact_rss = exact
+
+    # ---- starting to track -------------------------------------------------
+
+    def attach(self, pid, now):
+        """Track pid, there before the capture began, and look at it now: that
+        look is its baseline. Raises procfs.ProcessError if it cannot be read."""
+        handle = procfs.ProcDir(pid, root=self.proc_root)
+        p = self._from_proc(handle, now, ATTACHED)
+        self.kernel.trace(pid)
+        return p, self.look(p, now)
+
+    def adopt(self, pid, now, origin=DISCOVERED):
+        """Track pid, found by discovery or shown by the kernel; None (and it is
+        ignored until it is gone) for kernel threads and unreadable processes."""
+        if pid in self.alive:
+            return self.alive[pid], []
+        try:
+            handle = procfs.ProcDir(pid, root=self.proc_root)
+        except procfs.NoSuchProcess:
+            return None, []
+        except procfs.ProcessError as err:
+            self.ignored[pid] = (None, _why(err))
+            return None, []
+        try:
+            if handle.stat().kernel_thread:
+                self.ignored[pid] = (handle.start, "kernel thread")
+                handle.close()
+                return None, []
+            p = self._from_proc(handle, now, origin)
+        except procfs.NoSuchProcess:
+            handle.close()
+            return None, []
+        except procfs.ProcessError as err:
+            self.ignored[pid] = (handle.start, _why(err))
+            handle.close()
+            return None, []
+        self.kernel.trace(pid)
+        return p, [Started(p)]
+
+    def _from_proc(self, handle, now, origin):
+        stat = handle.stat()
+        p = Process(handle.pid, handle.start, stat.ppid, stat.comm, handle.cmdline(), now, origin)
+        p.handle = handle
+        p.image_started = now
+        p.dirty = False
+        if self.details:
+            p.exe, p.cgroup = handle.exe(), handle.cgroup()
+        self._add(p)
+        return p
+
+    def _add(self, p):
+        p.rss.keep_points = self.keep_history
+        stale = self.alive.get(p.pid)
+        self.alive[p.pid] = p
+        self.processes[p.key] = p
+        self.ignored.pop(p.pid, None)
+        return stale
+
+    def find(self, pid):
+        return self.alive.get(pid)
+
+    def touch(self, p):
+        """Look at p again when it is due, as if it had moved (a process whose
+        share of a shared object changed because another one mapped it)."""
+        p.dirty = True
+
+    def forget(self, p):
+        """Drop an ended process and all it held (the daemon keeps none)."""
+        self.processes.pop(p.key, None)
+
+    # ---- kernel events -----------------------------------------------------
+
+    def on_events(self, events):
+        """Apply a batch of kernel events, in order; returns the news."""
+        # A process that execs later in this batch has already become its new
+        # program: its counters read now belong to that, not to the events
+        # before the exec.
+        last_exec = {ev.pid: i for i, ev in enumerate(events) if type(ev) is Exec}
+        news = []
+        for i, ev in enumerate(events):
+            handler = self._handlers.get(type(ev))
+            if handler is not None:
+                news += handler(ev)
+            elif isinstance(ev, MmCall):
+                news += self._on_mm_call(ev, stale=last_exec.get(ev.pid, -1) > i)
+        return news + self._settle_renames()
+
+    def _settle_renames(self):
+        """exec renames the process too, just before its Exec event: a rename
+        is news only once no exec has followed it for RENAME_HOLD_NS."""
+        news = []
+        for pid, ev in list(self._renames.items()):
+            if time.monotonic_ns() - ev.ts_ns >= RENAME_HOLD_NS:
+                del self._renames[pid]
+                news += self._rename(ev)
+        return news
+
+    def _process_of(self, pid):
+        """The tracked process pid, adopting it if the daemon tracks everything."""
+        p = self.alive.get(pid)
+        if p is None and self.adopt_unknown and pid not in self.ignored:
+            p, news = self.adopt(pid, self.clock.now())
+            return p, news
+        return p, []
+
+    def _on_fork(self, ev):
+        t = self.clock.of_kernel(ev.ts_ns)
+        parent = self.alive.get(ev.pid)
+        news = []
+        stale = self.alive.get(ev.child)
+        if stale is not None:   # its exit was never seen (the ring buffer was full)
+            news += self._end(stale, t, "gone")
+        # No /proc read: a child that execs or exits within milliseconds (a
+        # shell's helpers) costs nothing more. It starts as a copy of its parent.
+        p = Process(ev.child, procfs.boot_ns_to_ticks(ev.child_boot_ns), ev.pid,
+                    parent.comm if parent else ev.comm, parent.cmdline if parent else "", t, FORKED)
+        p.image_started = t
+        p.dirty = False
+        self._add(p)
+        return news + [Started(p)]
+
+    def _on_exec(self, ev):
+        self._renames.pop(ev.pid, None)
+        p, news = self._process_of(ev.pid)
+        if p is None:
+            return news
+        t = self.clock.of_kernel(ev.ts_ns)
+        p.execs.append((t, ev.filename))
+        p.comm = ev.comm
+        p.cmdline = os.path.basename(ev.filename)
+        p.rss.new_image()
+        p.pinned.clear()
+        p.driver_checked = False
+        p.latest = None            # the next look is the new program's first: no releases
+        p.calls.clear()
+        p.pending_faults.clear()
+        p.image_started = t
+        p.dirty = True
+        p.names_read = False       # read when needed: most helpers are gone before
+        return news + [Execed(p, ev.filename)]
+
+    def _on_rename(self, ev):
+        self._renames[ev.renamed] = ev
+        return []
+
+    def _rename(self, ev):
+        p = self.alive.get(ev.renamed)
+        if p is None or p.comm == ev.newcomm:
+            return []
+        t = self.clock.of_kernel(ev.ts_ns)
+        old = (p.comm, p.cmdline)
+        p.comm = ev.newcomm
+        p.renames.append((t, old[0], p.comm))
+        self.read_names(p)
+        return [Renamed(p, *old)]
+
+    def _on_exit(self, ev):
+        p = self.alive.get(ev.pid)
+        if p is None:
+            return []
+        if ev.peak:
+            p.rss.raise_peak(Peak(ev.peak, self.clock.of_kernel(ev.peak_ns), ev.peak_rss))
+        return self._end(p, self.clock.of_kernel(ev.ts_ns), "exited")
+
+    def _on_rss_step(self, ev):
+        p, news = self._process_of(ev.pid)
+        if p is None:
+            return news
+        t = self.clock.of_kernel(ev.ts_ns)
+        self._moved_at(p, t)
+        if ev.exact:
+            p.rss.add(t, ev.rss[FILE] + ev.rss[ANON] + ev.rss[SHMEM], ev.rss)
+        elif self._wants_rss(p, 0):
+            news += self._read_rss(p, self.clock.now())
+        return news
+
+    def _on_mm_call(self, ev, stale):
+        p = self.alive.get(ev.pid)
+        if p is None or ev.failed:
+            return []
+        self._moved_at(p, self.clock.of_kernel(ev.ts_ns))
+        p.calls.append(ev)
+        if len(p.calls) > MAX_CALLS_KEPT:
+            p.calls = sorted(p.calls, key=lambda c: -c.size)[:MAX_CALLS_KEPT // 2]
+            p.calls.sort(key=lambda c: c.ts_ns)
+        news = []
+        if isinstance(ev, Mmap) and ev.prot & mmap.PROT_EXEC and not ev.anonymous and not self._young(p):
+            news += self._find_driver(p)    # a library's code: perhaps the CUDA driver
+        if not stale and self._wants_rss(p, ev.size):
+            news += self._read_rss(p, self.clock.now())
+        return news
+
+    def _wants_rss(self, p, call_size):
+        """Read p's counters now? At most every rss_interval, and not while its
+        exec'd program is starting up (a shell's helpers live a few ms), except
+        after a call large enough to make a spike."""
+        if p.vanished_at is not None:
+            return False
+        now = self.clock.now()
+        if call_size >= BIG_CALL_BYTES:
+            return True
+        return not self._young(p) and now - p.last_status >= self.policy.rss_interval
+
+    def _young(self, p):
+        """An exec'd program still starting up: most such are a shell's helpers,
+        gone within milliseconds. Its first look catches up on what it loaded."""
+        return bool(p.execs) and self.clock.now() - p.image_started < self.policy.min_age
+
+    def _on_cuda(self, ev):
+        p, news = self._process_of(ev.pid)
+        if p is None:
+            return news
+        t = self.clock.of_kernel(ev.ts_ns)
+        caller = self._library_at(p, ev.caller)
+        pinned = p.pinned.apply(ev, caller, t)
+        self._moved_at(p, t)
+        return news + [PinnedCall(p, ev, caller, pinned)]
+
+    def _on_oom(self, ev):
+        p, news = self._process_of(ev.victim)
+        return news + [OomKill(p, ev)]
+
+    def _moved_at(self, p, t):
+        p.moved_at = t
+        p.dirty = True
+
+    # ---- /proc reads ---------------------------------------------------------
+
+    def _handle(self, p):
+        """p's open /proc directory; raises procfs.ProcessError."""
+        if p.vanished_at is not None:
+            raise procfs.NoSuchProcess(p.pid, "gone")
+        if p.handle is None:
+            p.handle = procfs.ProcDir(p.pid, start=p.start, root=self.proc_root)
+        return p.handle
+
+    def _read_rss(self, p, now):
+        """Read p's counters now; with --exact-rss, give the kernel those it lacks."""
+        try:
+            status = self._handle(p).status()
+        except procfs.ProcessError as err:
+            return self._ended_by(p, now, err)
+        p.last_status = now
+        p.rss.add(now, status.vm_rss, status.rss_members)
+        self._moved.add(p)
+        if self.exact_rss:
+            self.kernel.seed_rss(p.pid, status.rss_members)
+        return []
+
+    def read_names(self, p):
+        """p's cmdline (and exe) as they are now: they change at exec and
+        rename. A process gone meanwhile keeps what was known."""
+        try:
+            handle = self._handle(p)
+            p.cmdline = handle.cmdline() or p.cmdline
+            if self.details:
+                p.exe = handle.exe()
+        except procfs.ProcessError:
+            pass
+        p.names_read = True
+
+    def _library_at(self, p, addr):
+        try:
+            for start, end, path in self._handle(p).maps():
+                if start <= addr < end:
+                    return os.path.basename(path) or "anonymous code"
+        except procfs.ProcessError:
+            pass
+        return "?"
+
+    def _find_driver(self, p):
+        """Probe the CUDA driver library p maps, if it maps one not probed yet.
+        Through /proc/PID/root, a container's own copy is reached too."""
+        if p.driver_checked:
+            return []
+        try:
+            paths = {path for _, _, path in self._handle(p).maps() if cuda.is_driver(path)}
+        except procfs.ProcessError:
+            return []
+        return self._probe_drivers(p, paths)
+
+    def _probe_drivers(self, p, paths):
+        news = []
+        for path in paths:
+            p.driver_checked = True
+            symbols = self.kernel.attach_cuda(f"/proc/{p.pid}/root{path}")
+            if symbols:
+                news.append(DriverProbed(p, path, symbols))
+        return news
+
+    # ---- ends ----------------------------------------------------------------
+
+    def _ended_by(self, p, now, err):
+        """A read of p failed. Gone or a zombie: its events up to its exit may
+        still be on their way (an exec, the exit itself), so it stays tracked,
+        unread, until its exit event comes or VANISHED_GRACE_S passes."""
+        if isinstance(err, (procfs.NoSuchProcess, procfs.ZombieProcess)):
+            if p.vanished_at is None:
+                p.vanished_at = now
+                self._close_handle(p)
+            return []
+        return self._end(p, now, _why(err))
+
+    def _close_handle(self, p):
+        if p.handle is not None:
+            p.handle.close()
+            p.handle = None
+
+    def _end(self, p, t, how):
+        if not p.alive:
+            return []
+        p.exited_at = t
+        p.ended_how = how
+        p.pinned.clear()           # the driver's ranges die with the process
+        self._close_handle(p)
+        if self.alive.get(p.pid) is p:
+            del self.alive[p.pid]
+            if how not in ("exited", "gone"):
+                self.kernel.untrace(p.pid)   # alive but unreadable: stop its events
+        self._moved.discard(p)
+        return [Ended(p)]
+
+    # ---- looks ---------------------------------------------------------------
+
+    def due(self, now):
+        """Watched processes due for a look, the longest unread first. A process
+        inside a CUDA allocation waits: its new mapping exists before the call
+        returns, and a look then would call it plain shared memory."""
+        due = [p for p in self.alive.values() if p.watched and p.vanished_at is None and self._is_due(p, now)]
+        if due:
+            held = self.kernel.allocating_cuda()
+            due = [p for p in due if p.pid not in held]
+        return sorted(due, key=lambda p: p.last_read)
+
+    def _is_due(self, p, now):
+        age = now - p.image_started
+        if now - p.last_read < self.policy.interval(p) or (p.execs and age < self.policy.min_age):
+            return False
+        if p.dirty:
+            return True
+        if p.latest is None:
+            return age >= self.policy.first_look_after
+        return p.settle_at is not None and now >= p.settle_at
+
+    def look(self, p, now, min_change=None):
+        """Look at p's smaps now. The news holds Looked, with the objects that
+        moved by min_change or more since its last look (none when min_change
+        is None: the daemon wants figures, not a timeline), or Ended."""
+        try:
+            snap = take_look(self._handle(p), now, self.classifier, p.pinned)
+        except procfs.ProcessError as err:
+            return self._ended_by(p, now, err)
+        p.last_read = now
+        if snap is None:
+            return []               # an exec cut every try in two: it stays due
+        prev = p.latest
+        first_of_image = prev is None or prev.stat.layout != snap.stat.layout
+        self._record_look(p, snap, now)
+        object_faults = self._attribute_faults(p, snap)
+        changes = [] if first_of_image or min_change is None else self._changes(p, prev, snap, min_change,
+                                                                               object_faults)
+        p.calls.clear()
+        if prev is not None and prev is not p.baseline and prev is not p.largest:
+            prev.forget_detail()    # only baseline, largest and latest keep mapping detail
+        news = [Looked(p, snap, changes)]
+        if not p.driver_checked:
+            news += self._probe_drivers(p, {o.name for o in snap.objects.values() if cuda.is_driver(o.name)})
+        return news
+
+    def _record_look(self, p, snap, now):
+        if not p.names_read:
+            self.read_names(p)
+        p.looks += 1
+        p.latest = snap
+        minor, major = snap.stat.minflt, snap.stat.majflt
+        if p.faults_at_start is None:
+            p.faults_at_start = (minor, major)
+        p.faults = (minor - p.faults_at_start[0], major - p.faults_at_start[1])
+        p.rss.add(now, snap.vm_rss, snap.status.rss_members)
+        self._moved.add(p)
+        # Movement below the kernel's step sends no event: after a look that
+        # movement caused, one more once things are quiet.
+        p.settle_at = now + self.policy.settle_delay if p.dirty else None
+        p.dirty = False
+        check = p.reconciliation
+        check["samples"] += 1
+        check["failed"] += not snap.reconciled
+        if abs(snap.drift) > abs(check["worst_drift"]):
+            check["worst_drift"] = snap.drift
+        if self.keep_history:
+            p.history.append((now, snap.vm_rss, dict(snap.classes)))
+            if p.baseline is None and p.origin == ATTACHED:
+                p.baseline = snap
+            if p.largest is None or snap.total >= p.largest.total:
+                p.largest = snap
+
+    def _changes(self, p, prev, snap, min_change, object_faults):
+        out = []
+        for ch in diff(prev, snap, min_change):
+            cause, caused_at = explain(ch, p.calls, object_faults.get((ch.cls, ch.name), 0))
+            out.append(Change(ch.cls, ch.name, ch.delta, ch.rss_after, cause,
+                              None if caused_at is None else self.clock.of_kernel(caused_at)))
+        return out
+
+    # ---- page faults, spikes, discovery --------------------------------------
+
+    def collect_faults(self, now):
+        """Take the kernel's fault samples (at most every FAULTS_INTERVAL_S);
+        they are attributed at each look."""
+        if now - self._faults_collected < FAULTS_INTERVAL_S:
+            return
+        self._faults_collected = now
+        for (pid, region), n in self.kernel.drain_fault_samples().items():
+            p = self.alive.get(pid)
+            if p is None:
+                self.unattributed_faults += n
+            else:
+                p.pending_faults[region] = p.pending_faults.get(region, 0) + n
+
+    def _attribute_faults(self, p, snap):
+        """p's samples since its last look -> the objects that hold them now."""
+        by_object = {}
+        for region, n in p.pending_faults.items():
+            obj = snap.object_at(region)
+            if obj is None:
+                self.unattributed_faults += n
+                continue
+            key = (obj.cls, obj.name)
+            by_object[key] = by_object.get(key, 0) + n
+            p.fault_classes[obj.cls] = p.fault_classes.get(obj.cls, 0) + n
+        p.pending_faults = {}
+        return by_object
+
+    def collect_shed(self):
+        """mm calls the kernel counted instead of sending, per process."""
+        news = []
+        for pid, (calls, size) in self.kernel.drain_shed_calls().items():
+            p = self.alive.get(pid)
+            if p is not None:
+                p.shed[0] += calls
+                p.shed[1] += size
+                news.append(CallsShed(p, calls, size))
+        return news
+
+    def spikes(self, now):
+        """Spikes whose fall window has closed since the last call."""
+        news = []
+        for p in list(self._moved):
+            for spike in p.rss.new_spikes(self.spike_rule, now):
+                news.append(SpikeSeen(p, spike))
+        self._moved = {p for p in self._moved if p.alive}
+        return news
+
+    def verify(self, now):
+        """Check that every tracked process is still the one known (an exit the
+        kernel's events missed, a pid reused since) and re-read names changed
+        without an event (a setproctitle-style argv rewrite)."""
+        news = []
+        for p in list(self.alive.values()):
+            news += self._recheck(p, now)
+        return news
+
+    def discover(self, now):
+        """Check every tracked process against /proc (a missed exit, a reused pid,
+        a name rewritten without an event) and track the ones not seen yet."""
+        pids = set(procfs.list_pids(self.proc_root))
+        news = []
+        for p in list(self.alive.values()):
+            if p.pid not in pids:
+                self._ended_by(p, now, procfs.NoSuchProcess(p.pid, "gone"))
+            news += self._recheck(p, now)
+        for pid, (start, _) in list(self.ignored.items()):
+            if pid not in pids or not self._same_start(pid, start):
+                del self.ignored[pid]
+        for pid in pids - self.alive.keys() - self.ignored.keys():
+            news += self.adopt(pid, now)[1]
+        return news
+
+    def _recheck(self, p, now):
+        if p.vanished_at is not None:
+            return self._end(p, now, "gone") if now - p.vanished_at >= VANISHED_GRACE_S else []
+        try:
+            handle = self._handle(p)
+            stat = handle.stat()
+            cmdline = handle.cmdline()
+            cgroup = handle.cgroup() if self.details else p.cgroup
+        except procfs.ProcessError as err:
+            return self._ended_by(p, now, err)
+        if not p.names_read:       # its exec'd program's names, first read
+            p.comm, p.cmdline, p.cgroup, p.names_read = stat.comm, cmdline, cgroup, True
+            if self.details:
+                p.exe = handle.exe()
+            return []
+        if (stat.comm, cmdline, cgroup) == (p.comm, p.cmdline, p.cgroup):
+            return []
+        old = (p.comm, p.cmdline)
+        p.comm, p.cmdline, p.cgroup = stat.comm, cmdline, cgroup
+        if old != (p.comm, p.cmdline):
+            p.renames.append((now, old[0], p.comm))
+        return [Renamed(p, *old)]
+
+    def _same_start(self, pid, start):
+        if start is None:
+            return True
+        try:
+            handle = procfs.ProcDir(pid, start=start, root=self.proc_root)
+        except procfs.ProcessError:
+            return False
+        handle.close()
+        return True
+
+    def signal(self, p, sig):
+        """Send sig to p if p is still alive: never to a newer process that got
+        its pid. The pidfd is taken first; p's /proc handle reading after that
+        proves the pidfd is p's."""
+        if not p.alive:
+            return False
+        try:
+            pidfd = os.pidfd_open(p.pid)
+        except OSError:
+            return False
+        try:
+            self._handle(p).stat()
+            signal.pidfd_send_signal(pidfd, sig)
+            return True
+        except (procfs.ProcessError, OSError):
+            return False
+        finally:
+            os.close(pidfd)
+
+    def close(self):
+        for p in self.alive.values():
+            if p.handle is not None:
+                p.handle.close()
+                p.handle = None
+
+
+def _why(err):
+    return "denied" if isinstance(err, procfs.AccessDenied) else "unreadable"
