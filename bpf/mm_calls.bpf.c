@@ -2,20 +2,25 @@
  *
  * A call is kept (by thread) from its enter to its exit and sent as one
  * record. Calls smaller than MIN_SYSCALL_BYTES are not sent. A process sends
- * at most MAX_CALLS_PER_S calls a second: past that rate user space could
- * not follow them one by one, so the rest are counted here, per process, in
- * `shed`, and user space reports the totals. */
+ * at most MAX_CALLS_PER_S calls a second (and as many of LARGE_CALL_BYTES or
+ * more): past that rate user space could not follow them one by one, so the
+ * rest are counted here, per process, in `shed`, and user space reports the
+ * totals. */
 
 BPF_HASH(inflight, u32, union mm_call, 4096);
 BPF_HASH(shed, u32, struct shed_calls, 16384);
 
-static __always_inline bool within_rate(struct proc_state *st)
+/* Large calls (a KV cache, a weights file) have a budget of their own: a
+ * flood of small ones never hides them. */
+static __always_inline bool within_rate(struct proc_state *st, u64 bytes)
 {
 	u64 now = bpf_ktime_get_ns();
 	if (now - st->window_ns >= 1000000000ULL) {
 		st->window_ns = now;
-		st->window_calls = 0;
+		st->window_calls = st->window_large_calls = 0;
 	}
+	if (bytes >= LARGE_CALL_BYTES)
+		return st->window_large_calls++ < MAX_CALLS_PER_S;
 	return st->window_calls++ < MAX_CALLS_PER_S;
 }
 
@@ -39,7 +44,7 @@ static __always_inline struct proc_state *caller_state(void)
 /* Keep a call of `bytes` until its exit, within the process's rate. */
 static __always_inline void keep_call(struct proc_state *st, union mm_call *call, u32 kind, u64 bytes)
 {
-	if (!within_rate(st)) {
+	if (!within_rate(st, bytes)) {
 		shed_call(st->tgid, bytes);
 		return;
 	}
@@ -161,7 +166,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_brk) { call_exit(args->ret); return 0; }
  * phase mark: any program can make it, with or without ramwatchd running. */
 static __always_inline void send_mark(struct proc_state *st, const char *name)
 {
-	if (!within_rate(st))
+	if (!within_rate(st, 0))
 		return;
 	struct mark_event *e = new_event(EV_MARK, sizeof(*e));
 	if (!e)

@@ -15,6 +15,8 @@
  *   RSS_STEP_NS            or this long after the last one
  *   MIN_SYSCALL_BYTES      smaller mmap/munmap/mremap/madvise calls are counted, not sent
  *   MAX_CALLS_PER_S        a process's mm calls beyond this rate are counted, not sent
+ *   LARGE_CALL_BYTES       calls this large have a rate of their own
+ *   MAX_WRITES_PER_S       a process's writes to stdout/stderr beyond this rate are not sent
  *   FAULT_SAMPLE_PERIOD    one fault in this many is counted per (tgid, region)
  *   FAULT_REGION_SHIFT     fault samples are counted per (tgid, addr >> shift)
  *   PAGE_BYTES             the page size

@@ -25,6 +25,7 @@ enum event_kind {
 	EV_RSS_STEP,
 	EV_MARK,
 	EV_CUDA_CALL,
+	EV_OUTPUT,
 };
 
 struct event_head {
@@ -171,6 +172,16 @@ struct rss_step_event {
 	u32 pad;
 };
 
+/* The start of a write to stdout or stderr by a traced process. */
+#define OUTPUT_BYTES 256
+struct output_event {
+	struct event_head head;
+	u32 fd;
+	u32 pad;
+	u64 length;             /* bytes written; data holds the first OUTPUT_BYTES */
+	char data[OUTPUT_BYTES];
+};
+
 /* madvise(name, 0, MADV_NORMAL): a phase mark. */
 struct mark_event {
 	struct event_head head;
@@ -218,6 +229,9 @@ struct proc_state {
 	u64 faults;              /* page faults, for sampling one in FAULT_SAMPLE_PERIOD */
 	u64 window_ns;           /* start of the current second of mm calls sent */
 	u64 window_calls;        /* mm calls sent in it */
+	u64 window_large_calls;  /* ... of LARGE_CALL_BYTES or more */
+	u64 writes_window_ns;    /* the same for writes to stdout and stderr */
+	u64 window_writes;
 	/* EXACT_RSS only: */
 	u64 rss[NR_RSS_MEMBERS]; /* last rss_stat value per member, bytes */
 	u64 known;               /* bit per member set once rss[] holds its value */
@@ -225,13 +239,6 @@ struct proc_state {
 	u64 peak_ns;
 	u64 last_step;           /* total at the last step */
 	u64 peak_rss[NR_RSS_MEMBERS];
-};
-
-/* The last write to stdout or stderr by a traced process (`ramwatchd run`). */
-struct output_write {
-	u64 ts_ns;
-	u32 tgid;
-	u32 pad;
 };
 
 struct file_key {

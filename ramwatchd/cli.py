@@ -65,7 +65,12 @@ def _capture_options(p):
                    help="sample one page fault in N for where faults land (default 64)")
     g.add_argument("--spike", type=size_arg, default="256MiB", metavar="SIZE",
                    help="a rise of SIZE that falls back within 100 ms is a spike (default 256MiB)")
-    g.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    g.add_argument("--phase", action="append", metavar="REGEX",
+                   help="lines that match mark phases (repeatable; default: every line the "
+                        "processes print except log noise: tracebacks, warnings, debug, progress bars)")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="do not print the timeline, only the summary (a program started by run "
+                        "prints its own output as it would without ramwatchd)")
 
 
 def build_parser():
@@ -225,9 +230,9 @@ def _capture(args, pid=None, argv=None):
         probe=ProbeOptions(follow_children=getattr(args, "children", False) or argv is not None,
                            exact_rss=args.exact_rss, rss_step_bytes=args.rss_step,
                            min_syscall_bytes=args.min_syscall,
-                           fault_sample_period=max(1, args.fault_sample),
-                           output_writes=argv is not None),
-        classifier=Classifier(args.weights or DEFAULT_WEIGHT_PATTERNS))
+                           fault_sample_period=max(1, args.fault_sample)),
+        classifier=Classifier(args.weights or DEFAULT_WEIGHT_PATTERNS),
+        phase_patterns=tuple(args.phase or ()), show_output=not args.quiet)
     show = (lambda e: None) if args.quiet else (lambda e: print(format_entry(e), flush=True))
     try:   # check the target before spending a second on compiling
         check_pid(pid) if pid is not None else check_command(argv)
@@ -250,12 +255,19 @@ def _capture(args, pid=None, argv=None):
         cap.run()
     except KeyboardInterrupt:   # a second Ctrl-C while finishing: save what there is
         pass
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        print(f"ramwatchd: {cap.ended_because}; what was collected is saved below", file=sys.stderr)
     result = cap.result()
     print(render_summary(result), end="")
     if args.json:
         _save(result, args.json)
     if args.png:
         _draw(result, args.png)
+    cap.close()
+    if cap.failure:
+        return 3
     if argv is not None and cap.exit_code is not None:
         return cap.exit_code if cap.exit_code >= 0 else 128 - cap.exit_code
     return 0

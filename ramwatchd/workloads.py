@@ -51,6 +51,12 @@ _libc.mallopt(-3, 128 << 10)
 MADV_HUGEPAGE, MADV_POPULATE_WRITE = 14, 23
 
 
+def say(line):
+    """One line in one write: processes sharing stdout do not interleave it."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def touch(region, fraction=1.0, write=True):
     """Fault in the first `fraction` of region, one access per page."""
     end = int(len(region) * fraction) // PAGE * PAGE
@@ -78,7 +84,7 @@ class Workload:
     def run(self, steps):
         for step in steps:
             name, _, arg = step.partition(":")
-            print(f"{self.who}step {step}", flush=True)
+            say(f"{self.who}step {step}")
             getattr(self, "do_" + name)(arg)
 
     def do_anon(self, arg):

@@ -30,7 +30,7 @@ def test_malloc_grows_the_heap_through_brk(capture):
 
 
 def test_shared_anonymous_is_shm_anon_not_pinned(capture):
-    result, _ = capture(["shared:128M", "sleep:0.3"])
+    result, _ = capture(["sleep:0.2", "shared:128M", "sleep:0.3"])
     p = process(result)
     assert_near(growth(p, "shm_anon"), 128 * MiB, what="shm_anon")
     assert growth(p, "cuda_pinned") == 0

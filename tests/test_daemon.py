@@ -313,3 +313,79 @@ def test_systemd_unit_verifies():
     assert done.returncode == 0, done.stderr
     text = unit.read_text()
     assert "CAP_SYS_ADMIN" not in text and "NoNewPrivileges=yes" in text and "Restart=" in text
+
+
+def metric(text, series):
+    """The value of one series in an exposition, or None."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_groups_live_and_die_with_their_processes(daemon, tmp_path):
+    # 30 short-lived programs, each its own group by comm, past max_groups of
+    # 10: the groups empty as the programs exit, free their slots, and their
+    # series go; a long-lived program started after them gets a group of its own.
+    d = daemon("groups: [{name: '{comm}', match: {comm: '^rwgroup'}}]\n"
+               "limits: {max_groups: 10}\n"
+               "collection: {smaps_min_interval: 500ms, discovery_interval: 1s, node_interval: 1s}\n")
+    d.wait_ready()
+    names = []
+    for i in range(30):
+        link = tmp_path / f"rwgroup{i:02d}"
+        link.symlink_to("/bin/sleep")
+        names.append(link)
+    churn = [subprocess.Popen([str(link), "1.5"]) for link in names]
+    wait_until("groups cut at max_groups", lambda: metric(
+        fetch(d.url)[1], 'ramwatchd_series_cut_total{limit="groups"}'))
+    for proc in churn:
+        proc.wait()
+    # Emptied groups are exported once more, then gone.
+    wait_until("the emptied groups to go", lambda: "rwgroup" not in fetch(d.url)[1] or None)
+    fresh = tmp_path / "rwgroupfresh"
+    fresh.symlink_to("/bin/sleep")
+    late = subprocess.Popen([str(fresh), "60"])
+    try:
+        text = wait_until("the fresh group", lambda: (lambda t: 'group="rwgroupfresh"' in t and t)(fetch(d.url)[1]))
+        assert metric(text, 'ramwatchd_processes{group="rwgroupfresh"}') == 1
+        assert metric(text, 'ramwatchd_processes{group="other"}') is None
+    finally:
+        late.kill()
+        late.wait()
+
+
+def memory_cgroup(name, limit):
+    """A memory cgroup (v1 or v2) under this process's own, limited to `limit`
+    bytes; returns its procs file and a function that removes it."""
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    v1 = [line.split(":", 2)[2] for line in lines if "memory" in line.split(":")[1].split(",")]
+    if v1:
+        base = Path("/sys/fs/cgroup/memory" + v1[0]) / name
+        base.mkdir()
+        (base / "memory.limit_in_bytes").write_text(str(limit))
+    else:
+        parent = Path("/sys/fs/cgroup" + next(l.split(":", 2)[2] for l in lines if l.startswith("0::")))
+        (parent / "cgroup.subtree_control").write_text("+memory")
+        base = parent / name
+        base.mkdir()
+        (base / "memory.max").write_text(str(limit))
+    return base / "cgroup.procs", base.rmdir
+
+
+def test_an_oom_victim_is_counted_in_its_group(daemon):
+    d = daemon(TAGGED_GROUPS)
+    _, text = d.wait_ready()
+    procs, remove = memory_cgroup(f"ramwatchd-oom-{os.getpid()}", 64 * MiB)
+    try:
+        # The workload joins the 64 MiB cgroup, then asks for 256 MiB.
+        victim = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *WORKLOAD,
+                                   "tag:oom", "sleep:2", "anon:256M", "sleep:30"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until("the group's counter at 0", lambda: metric(
+            fetch(d.url)[1], 'ramwatchd_oom_kills_total{group="test-oom"}') == 0)
+        assert victim.wait(timeout=60) == -signal.SIGKILL
+        wait_until("the kill counted", lambda: metric(
+            fetch(d.url)[1], 'ramwatchd_oom_kills_total{group="test-oom"}') == 1)
+    finally:
+        remove()

@@ -238,6 +238,18 @@ class RssStep(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Output(Event):
+    """pid wrote `length` bytes to fd 1 or 2; data is their start."""
+    fd: int
+    length: int
+    data: bytes
+
+    @property
+    def whole(self):
+        return len(self.data) >= self.length
+
+
+@dataclass(frozen=True, slots=True)
 class Mark(Event):
     """madvise(name, 0, MADV_NORMAL): the program named a phase."""
     name: str

@@ -14,6 +14,8 @@ from . import cuda, records
 
 TRACEFS = Path("/sys/kernel/tracing")
 TRACED_SLOTS = 16384
+LARGE_CALL_BYTES = 64 << 20    # mm calls this large have a rate budget of their own
+_RELEASING = {2, 3, 5}         # EV_MUNMAP, EV_MREMAP, EV_MADVISE in bpf/ramwatchd.h
 MAX_EVENTS_PER_POLL = 20000    # one poll's share, so that looks and lines keep their pace
 STAT_NAMES = ("events_lost", "children_not_followed", "fault_regions_full", "files_full",
               "inflight_full", "calls_shed")
@@ -66,13 +68,14 @@ class ProbeOptions:
     trace_all: bool = False            # every process on the node (the daemon)
     mm_syscalls: bool = True           # mmap, munmap, brk, madvise... events (captures)
     page_cache_fills: bool = True      # page cache filled per file (captures)
-    output_writes: bool = False        # time the writes to stdout/stderr (`run`)
+    program_output: bool = True        # the start of writes to stdout/stderr (captures)
     exact_rss: bool = False            # sizes from kmem:rss_stat itself: exact, costlier
     rss_step_bytes: int = 16 << 20     # exact_rss: a step when RSS moves this much
     rss_step_changes: int = 4096       # otherwise: after this many counter changes
     rss_step_ms: int = 20              #   or this long after the last step
     min_syscall_bytes: int = 1 << 20
     max_calls_per_s: int = 1000        # per process; the rest are counted, not sent
+    max_writes_per_s: int = 200        # per process; the rest are not sent
     fault_sample_period: int = 64
     fault_region_shift: int = 21       # faults are counted per 2 MiB of address space
 
@@ -95,6 +98,8 @@ class ProbeOptions:
                 f"-DRSS_STEP_NS={self.rss_step_ms * 1000000}ULL",
                 f"-DMIN_SYSCALL_BYTES={self.min_syscall_bytes}UL",
                 f"-DMAX_CALLS_PER_S={self.max_calls_per_s}",
+                f"-DLARGE_CALL_BYTES={LARGE_CALL_BYTES}UL",
+                f"-DMAX_WRITES_PER_S={self.max_writes_per_s}",
                 f"-DFAULT_SAMPLE_PERIOD={self.fault_sample_period}",
                 f"-DFAULT_REGION_SHIFT={self.fault_region_shift}",
                 f"-DPAGE_BYTES={resource.getpagesize()}",
@@ -111,7 +116,7 @@ class ProbeOptions:
             tps.append("kmem:rss_stat")
         if self.mm_syscalls:
             tps += [f"syscalls:sys_{side}_{name}" for name in MM_SYSCALLS for side in ("enter", "exit")]
-        if self.output_writes:
+        if self.program_output:
             tps.append("syscalls:sys_enter_write")
         if self.page_cache_fills:
             tps += ["filemap:mm_filemap_add_to_page_cache", "filemap:mm_filemap_delete_from_page_cache"]
@@ -247,14 +252,6 @@ class Probes:
 
     # ---- what the kernel aggregated ------------------------------------------
 
-    def last_output_write(self):
-        """(monotonic ns, tgid) of the last write to stdout or stderr by a
-        traced process, or None (before any, or without output_writes)."""
-        if not self.options.output_writes:
-            return None
-        w = self.bpf["last_output"][0]
-        return (w.ts_ns, w.tgid) if w.ts_ns else None
-
     def drain_fault_samples(self):
         """{(pid, region_start): estimated faults} since the last drain: the
         samples scaled by the sample period."""
@@ -268,7 +265,8 @@ class Probes:
         sent, since the last drain."""
         if not self.options.mm_syscalls:
             return {}
-        return {key.value: (v.calls, v.bytes) for key, v in self.bpf["shed"].items_lookup_and_delete_batch()}
+        return {int(getattr(key, "value", key)): (v.calls, v.bytes)
+                for key, v in self.bpf["shed"].items_lookup_and_delete_batch()}
 
     def page_cache(self):
         """{(dev, ino): (added, removed)} bytes, cumulative; dev as stat() gives it."""
@@ -311,13 +309,17 @@ class Probes:
             probed.append(symbol)
         return probed
 
-    def allocating_cuda(self):
-        """tgids inside a CUDA allocation call right now. Their new mapping exists
-        before the call returns and says what it is: a look then would call it
-        plain shared memory."""
-        if not self._cuda_files:
-            return set()
-        return {entry.tgid for entry in self.bpf["cuda_inflight"].values() if entry.call == 0}
+    def busy(self):
+        """tgids a look would catch half-way: inside an munmap, mremap or
+        madvise (the mapping already gone from smaps, the counters still
+        falling) or inside a CUDA allocation (the new mapping there before the
+        call returns, and looking like plain shared memory)."""
+        out = set()
+        if self.options.mm_syscalls:
+            out |= {call.head.tgid for call in self.bpf["inflight"].values() if call.head.kind in _RELEASING}
+        if self._cuda_files:
+            out |= {entry.tgid for entry in self.bpf["cuda_inflight"].values() if entry.call == 0}
+        return out
 
     def close(self):
         self.bpf.cleanup()

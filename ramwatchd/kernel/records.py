@@ -14,7 +14,13 @@ _u32, _u64, _s64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
 
 
 def _chars(n):
+    """A NUL-terminated string of at most n bytes."""
     return ctypes.c_char * n
+
+
+def _bytes(n):
+    """Raw bytes, kept as bytes rather than decoded as text."""
+    return ctypes.c_ubyte * n
 
 
 HEAD = [("ts_ns", _u64), ("tgid", _u32), ("tid", _u32), ("kind", _u32), ("pad", _u32), ("comm", _chars(16))]
@@ -42,6 +48,7 @@ LAYOUTS = {
     15: ([("name", _chars(64))], events.Mark),
     16: ([("addr", _u64), ("size", _u64), ("flags", _u64), ("caller", _u64), ("result", _s64),
           ("call", _u32), ("symbol", _u32)], events.CudaCall),
+    17: ([("fd", _u32), ("pad", _u32), ("length", _u64), ("data", _bytes(256))], events.Output),
 }
 
 _CODES = {_u32: "I", _u64: "Q", _s64: "q"}
@@ -49,7 +56,9 @@ _CODES = {_u32: "I", _u64: "Q", _s64: "q"}
 
 def _code(ctype):
     if issubclass(ctype, ctypes.Array):
-        return f"{ctype._length_}s" if ctype._type_ is ctypes.c_char else f"{ctype._length_}{_CODES[ctype._type_]}"
+        if ctype._type_ in (ctypes.c_char, ctypes.c_ubyte):
+            return f"{ctype._length_}s"
+        return f"{ctype._length_}{_CODES[ctype._type_]}"
     return _CODES[ctype]
 
 
@@ -69,9 +78,10 @@ class _Decoder:
         self.event_type = event_type
         self.steps = []       # (name, how many values it takes, how to convert them)
         for name, ctype in fields:
-            array = issubclass(ctype, ctypes.Array) and ctype._type_ is not ctypes.c_char
-            text = issubclass(ctype, ctypes.Array) and not array
-            self.steps.append((name, ctype._length_ if array else 1, "text" if text else "tuple" if array else ""))
+            kind = ""
+            if issubclass(ctype, ctypes.Array):
+                kind = {ctypes.c_char: "text", ctypes.c_ubyte: "bytes"}.get(ctype._type_, "tuple")
+            self.steps.append((name, ctype._length_ if kind == "tuple" else 1, kind))
 
     def decode(self, data):
         values = self.format.unpack_from(data)
@@ -81,12 +91,16 @@ class _Decoder:
                 out[name] = values[i:i + count]
             elif convert == "text":
                 out[name] = values[i].split(b"\0", 1)[0].decode(errors="replace")
+            elif convert == "bytes":
+                out[name] = values[i]
             else:
                 out[name] = values[i]
             i += count
         out["pid"] = out.pop("tgid")
         del out["kind"], out["pad"]
-        if self.event_type is events.CudaCall:
+        if self.event_type is events.Output:
+            out["data"] = out["data"][:out["length"]]
+        elif self.event_type is events.CudaCall:
             out["call"] = events.CudaCallKind(out["call"])
             out["symbol"] = cuda.SYMBOLS[out["symbol"]]
         return self.event_type(**out)

@@ -10,6 +10,7 @@ import os
 import re
 
 from .pinned import overlaps
+from .procfs import Vma
 
 ANON_HEAP = "anon_heap"
 ANON = "anon"
@@ -53,6 +54,12 @@ class Classifier:
         code_files = {(v.dev, v.inode) for v in vmas if v.inode and "x" in v.perms}
         return [CUDA_PINNED if overlaps(v, pinned_allocations) else self._one(v, i, vmas, code_files)
                 for i, v in enumerate(vmas)]
+
+    def classify_range(self, start, end, path, shared):
+        """The class of a range an mm call made, before any look: its file's or
+        its kind of anonymous memory's."""
+        vma = Vma(start, end, "rw-s" if shared else "rw-p", 0, (0, 0), 0, path)
+        return self._one(vma, 0, [vma], set())
 
     def _one(self, v, i, vmas, code_files):
         path = v.file_path

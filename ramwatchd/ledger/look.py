@@ -4,9 +4,9 @@ import bisect
 import time
 from dataclasses import dataclass, field
 
-from .classes import CLASSES
+from .classes import ANON, CLASSES
 from .pinned import ALLOCATED, REGISTERED, overlaps
-from .procfs import NoSuchProcess
+from .procfs import NoSuchProcess, Vma
 
 RECONCILE_MIN_BYTES = 4 << 20
 RECONCILE_FRACTION = 0.01
@@ -86,7 +86,7 @@ class Snapshot:
         self._spans = None
 
 
-def take_look(proc, t, classifier, pinned):
+def take_look(proc, t, classifier, pinned, regions=None):
     """Look at the process behind ProcDir `proc`. A look that does not reconcile
     with VmRSS, or that an exec cut in two, is taken again a few times; returns
     None if every try straddled an exec. Raises procfs.ProcessError (gone,
@@ -94,13 +94,13 @@ def take_look(proc, t, classifier, pinned):
     snap = None
     for delay in (0,) + RETRY_DELAYS_S:
         time.sleep(delay)
-        snap = _look_once(proc, t, classifier, pinned)
+        snap = _look_once(proc, t, classifier, pinned, regions)
         if snap is not None and snap.reconciled:
             break
     return snap
 
 
-def _look_once(proc, t, classifier, pinned):
+def _look_once(proc, t, classifier, pinned, regions):
     started = time.monotonic()
     layout = proc.stat().layout
     before = proc.status()
@@ -119,12 +119,40 @@ def _look_once(proc, t, classifier, pinned):
     for vma, cls in zip(vmas, vma_classes):
         classes[cls] += vma.rss
         pss[cls] += vma.pss
-        key = (cls, vma.path or "[anonymous]")
-        if key not in objects:
-            objects[key] = ObjectUsage(cls, key[1], dev=vma.dev, inode=vma.inode)
-        objects[key].add(vma, registered)
+        for part, name in _parts(proc, vma, cls, regions):
+            key = (cls, name)
+            if key not in objects:
+                objects[key] = ObjectUsage(cls, name, dev=vma.dev, inode=vma.inode)
+            objects[key].add(part, registered)
     return Snapshot(t, after.vm_rss, before.vm_rss, after, stat, classes, pss, objects,
                     pinned.measure(vmas, vma_classes), time.monotonic() - started)
+
+
+def _parts(proc, vma, cls, regions):
+    """A mapping's objects: its file; or for private anonymous memory, each
+    large range an mm call made in it (a KV cache is not lumped with every
+    other anonymous mapping), measured exactly, and the rest. The kernel merges
+    neighbouring anonymous mappings into one, so a range is rarely a mapping."""
+    if cls != ANON or regions is None:
+        return [(vma, vma.path or "[anonymous]")]
+    parts, rest = [], vma
+    for region in regions.anonymous_in(vma.start, vma.end):
+        region.seen_by_look = True
+        start, end = max(vma.start, region.start), min(vma.end, region.end)
+        whole = start == vma.start and end == vma.end
+        resident = vma.rss if whole else min(rest.rss, proc.resident(start, end) or 0)
+        part = _share(vma, start, end, resident)
+        parts.append((part, region.name))
+        rest = _share(vma, vma.start, vma.start + rest.size - part.size, rest.rss - resident)
+    if rest.size > 0 and (rest.rss or not parts):
+        parts.append((rest, vma.path or "[anonymous]"))
+    return parts
+
+
+def _share(vma, start, end, resident):
+    """The part [start, end) of vma holding `resident` bytes (PSS in proportion)."""
+    pss = vma.pss * resident // vma.rss if vma.rss else 0
+    return Vma(start, end, vma.perms, vma.offset, vma.dev, vma.inode, vma.path, resident, pss)
 
 
 @dataclass

@@ -7,6 +7,7 @@ another Process, which inherits nothing from the old one.
 from dataclasses import dataclass, field
 
 from .pinned import PinnedTable
+from .regions import Regions
 from .rss import RssSeries
 
 ATTACHED, FORKED, DISCOVERED = "attached", "forked", "discovered"
@@ -17,6 +18,7 @@ class Process:
     pid: int
     start: int                 # start time in clock ticks since boot: with pid, the identity
     ppid: int
+    parent: object             # the parent's Process if it is tracked, else None
     comm: str
     cmdline: str
     first_seen: float
@@ -37,6 +39,7 @@ class Process:
     largest: object = None     # the look with the most resident bytes
     history: list = field(default_factory=list)      # (t, vm_rss, classes) per look
     looks: int = 0
+    read_costs: list = field(default_factory=list)   # seconds the last few looks took
     reconciliation: dict = field(default_factory=lambda: {"samples": 0, "failed": 0, "worst_drift": 0})
     # when to look
     dirty: bool = True
@@ -52,6 +55,7 @@ class Process:
     pending_faults: dict = field(default_factory=dict)   # region -> sampled faults, since the last look
     fault_classes: dict = field(default_factory=dict)    # class -> sampled faults, attributed
     pinned: PinnedTable = field(default_factory=PinnedTable)
+    regions: Regions = field(default_factory=Regions)   # the ranges its mm calls made
     driver_checked: bool = False   # its maps were searched for the CUDA driver since its exec
     watched: bool = True           # the daemon looks only at processes in a group
     handle: object = None          # its procfs.ProcDir while it is open
@@ -111,6 +115,14 @@ class Looked:
     process: Process
     snapshot: object
     changes: list       # [Change]: empty on a process's first look, and after an exec
+
+
+@dataclass
+class RegionEnded:
+    """A large range its mm calls made was unmapped (or the process execd or
+    exited): its life and its resident bytes at their highest."""
+    process: Process
+    region: object      # regions.Region
 
 
 @dataclass

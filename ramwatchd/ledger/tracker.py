@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass
 
 from ..kernel import cuda
-from ..kernel.events import (Exec, Exit, Fork, Mmap, MmCall, OomVictim, Rename, RssStep, CudaCall,
-                             FILE, ANON, SHMEM)
-from . import procfs
+from ..kernel.events import (ANON, FILE, SHMEM, CudaCall, Exec, Exit, Fork, Mmap, MmCall, Mremap, Munmap,
+                             OomVictim, Rename, RssStep)
+from . import procfs, regions
 from .causes import explain
 from .classes import Classifier
 from .look import diff, take_look
 from .process import (ATTACHED, DISCOVERED, FORKED, CallsShed, Change, DriverProbed, Ended, Execed,
-                      Looked, OomKill, PinnedCall, Process, Renamed, SpikeSeen, Started)
+                      Looked, OomKill, PinnedCall, Process, RegionEnded, Renamed, SpikeSeen, Started)
 from .rss import Peak, SpikeRule
 
 BIG_CALL_BYTES = 64 << 20   # a call this large reads the counters whatever the rate
@@ -43,8 +43,10 @@ class LookPolicy:
     rss_interval: float = 0.01      # its counters, on movement, no more often than this
 
     def interval(self, p):
-        cost = p.latest.read_seconds if p.latest else 0.0
-        return max(self.min_interval, self.cost_factor * cost)
+        """A look that met the process mid-way through a large populate or
+        munmap took longer than its steady cost: the shortest of the last
+        few looks is that cost."""
+        return max(self.min_interval, self.cost_factor * min(p.read_costs, default=0.0))
 
 
 class Clock:
@@ -79,6 +81,7 @@ class Tracker:
         self._moved = set()                 # processes with new RSS readings since spikes()
         self._renames = {}                  # pid -> Rename event held back (see _settle_renames)
         self._faults_collected = -1e9
+        self._last_of = {}                  # pid -> the last process that had it
         self._handlers = {Fork: self._on_fork, Exec: self._on_exec, Rename: self._on_rename,
                           Exit: self._on_exit, RssStep: self._on_rss_step, CudaCall: self._on_cuda,
                           OomVictim: self._on_oom}
@@ -125,7 +128,8 @@ class Tracker:
 
     def _from_proc(self, handle, now, origin):
         stat = handle.stat()
-        p = Process(handle.pid, handle.start, stat.ppid, stat.comm, handle.cmdline(), now, origin)
+        p = Process(handle.pid, handle.start, stat.ppid, self.alive.get(stat.ppid), stat.comm, handle.cmdline(),
+                    now, origin)
         p.handle = handle
         p.image_started = now
         p.dirty = False
@@ -138,12 +142,14 @@ class Tracker:
         p.rss.keep_points = self.keep_history
         stale = self.alive.get(p.pid)
         self.alive[p.pid] = p
+        self._last_of[p.pid] = p
         self.processes[p.key] = p
         self.ignored.pop(p.pid, None)
         return stale
 
     def find(self, pid):
-        return self.alive.get(pid)
+        """The process pid now, else the last one that had it (gone since)."""
+        return self.alive.get(pid) or self._last_of.get(pid)
 
     def touch(self, p):
         """Look at p again when it is due, as if it had moved (a process whose
@@ -153,6 +159,8 @@ class Tracker:
     def forget(self, p):
         """Drop an ended process and all it held (the daemon keeps none)."""
         self.processes.pop(p.key, None)
+        if self._last_of.get(p.pid) is p:
+            del self._last_of[p.pid]
 
     # ---- kernel events -----------------------------------------------------
 
@@ -198,7 +206,7 @@ class Tracker:
             news += self._end(stale, t, "gone")
         # No /proc read: a child that execs or exits within milliseconds (a
         # shell's helpers) costs nothing more. It starts as a copy of its parent.
-        p = Process(ev.child, procfs.boot_ns_to_ticks(ev.child_boot_ns), ev.pid,
+        p = Process(ev.child, procfs.boot_ns_to_ticks(ev.child_boot_ns), ev.pid, parent,
                     parent.comm if parent else ev.comm, parent.cmdline if parent else "", t, FORKED)
         p.image_started = t
         p.dirty = False
@@ -212,6 +220,7 @@ class Tracker:
             return news
         t = self.clock.of_kernel(ev.ts_ns)
         p.execs.append((t, ev.filename))
+        news += [RegionEnded(p, r) for r in p.regions.end_all(t) if r.large]
         p.comm = ev.comm
         p.cmdline = os.path.basename(ev.filename)
         p.rss.new_image()
@@ -264,17 +273,63 @@ class Tracker:
         p = self.alive.get(ev.pid)
         if p is None or ev.failed:
             return []
-        self._moved_at(p, self.clock.of_kernel(ev.ts_ns))
+        t = self.clock.of_kernel(ev.ts_ns)
+        self._moved_at(p, t)
         p.calls.append(ev)
         if len(p.calls) > MAX_CALLS_KEPT:
             p.calls = sorted(p.calls, key=lambda c: -c.size)[:MAX_CALLS_KEPT // 2]
             p.calls.sort(key=lambda c: c.ts_ns)
-        news = []
+        news = self._track_regions(p, ev, t)
         if isinstance(ev, Mmap) and ev.prot & mmap.PROT_EXEC and not ev.anonymous and not self._young(p):
             news += self._find_driver(p)    # a library's code: perhaps the CUDA driver
         if not stale and self._wants_rss(p, ev.size):
             news += self._read_rss(p, self.clock.now())
         return news
+
+    def _track_regions(self, p, call, t):
+        """Keep p's ranges as its calls make and unmap them."""
+        ended = []
+        if isinstance(call, Munmap):
+            ended = p.regions.cut(call.addr, call.addr + call.length, t)
+        elif isinstance(call, Mremap):
+            ended = p.regions.cut(call.old_addr, call.old_addr + call.old_length, t)
+        region = regions.made_by(call, t)
+        if region is not None:
+            if region.large:
+                self._describe(p, region)
+            ended += p.regions.add(region)
+        return [RegionEnded(p, r) for r in ended if r.large]
+
+    def _describe(self, p, region):
+        """A large range's file and class: what the timeline will call it."""
+        if isinstance(region.call, Mmap) and not region.call.anonymous:
+            try:
+                region.path = self._handle(p).map_file(region.start, region.end) or self._path_at(p, region.start)
+            except procfs.ProcessError:
+                pass
+        region.cls = self.classifier.classify_range(region.start, region.end, region.path, region.shared)
+
+    def _path_at(self, p, addr):
+        for start, end, path in self._handle(p).maps():
+            if start <= addr < end:
+                return path
+        return ""
+
+    def _measure_regions(self, p, now):
+        """p's live large ranges, at most every MEASURE_INTERVAL_S: their peaks."""
+        large = p.regions.large()
+        if not large or now - p.regions.measured_at < regions.MEASURE_INTERVAL_S:
+            return []
+        p.regions.measured_at = now
+        try:
+            handle = self._handle(p)
+            for r in large:
+                resident = handle.resident(r.start, r.end)
+                if resident is not None and resident > r.peak:
+                    r.peak, r.peak_t = resident, now
+        except procfs.ProcessError as err:
+            return self._ended_by(p, now, err)
+        return []
 
     def _wants_rss(self, p, call_size):
         """Read p's counters now? At most every rss_interval, and not while its
@@ -331,7 +386,7 @@ class Tracker:
         self._moved.add(p)
         if self.exact_rss:
             self.kernel.seed_rss(p.pid, status.rss_members)
-        return []
+        return self._measure_regions(p, now)
 
     def read_names(self, p):
         """p's cmdline (and exe) as they are now: they change at exec and
@@ -397,6 +452,7 @@ class Tracker:
             return []
         p.exited_at = t
         p.ended_how = how
+        news = [RegionEnded(p, r) for r in p.regions.end_all(t) if r.large]
         p.pinned.clear()           # the driver's ranges die with the process
         self._close_handle(p)
         if self.alive.get(p.pid) is p:
@@ -404,18 +460,18 @@ class Tracker:
             if how not in ("exited", "gone"):
                 self.kernel.untrace(p.pid)   # alive but unreadable: stop its events
         self._moved.discard(p)
-        return [Ended(p)]
+        return news + [Ended(p)]
 
     # ---- looks ---------------------------------------------------------------
 
     def due(self, now):
-        """Watched processes due for a look, the longest unread first. A process
-        inside a CUDA allocation waits: its new mapping exists before the call
-        returns, and a look then would call it plain shared memory."""
+        """Watched processes due for a look, the longest unread first. One the
+        kernel says is half-way through a call that a look would catch half
+        done (a large munmap, a CUDA allocation) waits for it to end."""
         due = [p for p in self.alive.values() if p.watched and p.vanished_at is None and self._is_due(p, now)]
         if due:
-            held = self.kernel.allocating_cuda()
-            due = [p for p in due if p.pid not in held]
+            busy = self.kernel.busy()
+            due = [p for p in due if p.pid not in busy]
         return sorted(due, key=lambda p: p.last_read)
 
     def _is_due(self, p, now):
@@ -433,7 +489,7 @@ class Tracker:
         moved by min_change or more since its last look (none when min_change
         is None: the daemon wants figures, not a timeline), or Ended."""
         try:
-            snap = take_look(self._handle(p), now, self.classifier, p.pinned)
+            snap = take_look(self._handle(p), now, self.classifier, p.pinned, p.regions)
         except procfs.ProcessError as err:
             return self._ended_by(p, now, err)
         p.last_read = now
@@ -457,6 +513,7 @@ class Tracker:
         if not p.names_read:
             self.read_names(p)
         p.looks += 1
+        p.read_costs = (p.read_costs + [snap.read_seconds])[-3:]
         p.latest = snap
         minor, major = snap.stat.minflt, snap.stat.majflt
         if p.faults_at_start is None:
@@ -483,7 +540,10 @@ class Tracker:
     def _changes(self, p, prev, snap, min_change, object_faults):
         out = []
         for ch in diff(prev, snap, min_change):
-            cause, caused_at = explain(ch, p.calls, object_faults.get((ch.cls, ch.name), 0))
+            calls = p.calls
+            if ch.delta > 0:    # the range it grew in may have been made looks ago
+                calls = calls + [r.call for r in p.regions.overlapping(ch.ranges) if r.call not in calls]
+            cause, caused_at = explain(ch, calls, object_faults.get((ch.cls, ch.name), 0))
             out.append(Change(ch.cls, ch.name, ch.delta, ch.rss_after, cause,
                               None if caused_at is None else self.clock.of_kernel(caused_at)))
         return out

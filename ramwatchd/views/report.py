@@ -159,16 +159,26 @@ def _spikes(result):
 
 
 def _phases(result):
-    growth = {}
+    """Every phase something grew or was released in, in time order, with the
+    processes whose changes fell in it (a process that names no phase of its
+    own is in its parent's)."""
+    rows = {}
     for e in result["timeline"]:
-        if e["kind"] in ("grow", "release"):
-            growth.setdefault(e["phase"] or "(before any phase)", 0)
-            growth[e["phase"] or "(before any phase)"] += e["delta"]
-    if not growth:
+        if e["kind"] not in ("grow", "release"):
+            continue
+        key = (e.get("phase_t") is not None, e.get("phase_t") or 0.0, e["phase"] or "(before any phase)")
+        row = rows.setdefault(key, {"delta": 0, "pids": []})
+        row["delta"] += e["delta"]
+        if e["pid"] not in row["pids"]:
+            row["pids"].append(e["pid"])
+    if not rows:
         return []
-    top = sorted(growth.items(), key=lambda kv: -abs(kv[1]))[:10]
-    return [_section("growth by phase (phases are the program's output lines and marks)"),
-            _table([[name[:70], "", fmt_bytes(d, True)] for name, d in top], ["phase", "", "change"])]
+    writers = {(p["t"], p["name"]): p["pid"] for p in result["phases"]}
+    table = [[f"{t:.2f}s" if named else "", str(writers.get((t, name), "")), name[:70],
+              ",".join(map(str, row["pids"])), fmt_bytes(row["delta"], True)]
+             for (named, t, name), row in sorted(rows.items())]
+    return [_section("growth by phase (in time order; phases are the lines each process printed, and marks)"),
+            _table(table, ["began", "named by", "phase", "pids", "change"])]
 
 
 def _shared(result):

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from ..units import fmt_bytes
 
-KINDS = ("grow", "release", "phase", "mark", "fork", "exec", "rename", "exit", "spike", "pinned",
+KINDS = ("grow", "release", "mapping", "output", "mark", "fork", "exec", "rename", "exit", "spike", "pinned",
          "cuda", "oom", "drift", "lost", "shed", "short-lived")
 
 
@@ -21,7 +21,8 @@ class Entry:
     delta: int = 0
     rss_after: int = 0
     cause: str = ""
-    phase: str = ""
+    phase: str = ""         # the phase its process was in
+    phase_t: float = None   # when that phase began
 
 
 _WIDE = {"grow", "release"}
@@ -42,7 +43,10 @@ def format_entry(e):
         line = (f"{head}{fmt_bytes(e['delta'], signed=True):>11}  {e['cls']:<12} "
                 f"{_short(e['name']):<38}  rss {fmt_bytes(e['rss_after'])}")
         return line + (f"  <- {e['cause']}" if e["cause"] else "")
-    if kind == "phase":
+    if kind == "mapping":
+        line = f"{head}{'MAPPING':>11}  {e['cls']:<12} {_short(e['name']):<38}  {e['text']}"
+        return line + (f"  <- {e['cause']}" if e["cause"] else "")
+    if kind == "output":
         return f"{head}   | {e['text']}"
     if kind == "mark":
         return f"{head}   == phase: {e['text']}"

@@ -1,14 +1,11 @@
 """The program `ramwatchd run` starts: behind a gate, so tracing begins before
-its first instruction, with its output read line by line for phases."""
+its first instruction. Its output is read line by line to be shown on the
+timeline, or, when the timeline is not shown, left to go where ours goes."""
 import os
 import queue
 import shutil
 import subprocess
 import threading
-
-# A line takes the time of the kernel's last write to stdout/stderr if that
-# came at most this long before ramwatchd read the line.
-OUTPUT_WRITE_WINDOW_S = 1.0
 
 
 class TargetError(Exception):
@@ -24,13 +21,14 @@ class Program:
     """The command under capture. The gate is a shell waiting to read one byte
     on fd 3; the capture traces it, then opens the gate and the shell execs."""
 
-    def __init__(self, argv, environ):
+    def __init__(self, argv, environ, read_output=True):
         check_command(argv)
         gate_r, self._gate = os.pipe()
+        piped = subprocess.PIPE if read_output else None
         try:
             self.proc = subprocess.Popen(
                 ["/bin/sh", "-c", 'read -r _ <&3; exec 3<&-; exec "$@"', "ramwatchd-gate"] + list(argv),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=piped, stderr=subprocess.STDOUT if read_output else None,
                 env=dict(environ, PYTHONUNBUFFERED="1"), pass_fds=(3,),
                 preexec_fn=lambda: os.dup2(gate_r, 3))
         finally:
@@ -39,27 +37,23 @@ class Program:
         self.lines = queue.Queue()
         self._reader = None
 
-    def go(self, clock, last_output_write):
-        """Open the gate, and read the program's lines from now on. Each line
-        takes the time and writer of the last write to stdout or stderr the
-        kernel saw, which sent it; else (a write the kernel did not see, such as
-        writev) the moment it was read, and the program itself."""
+    def go(self, clock):
+        """Open the gate, and read the program's lines from now on, each with
+        the moment it was read."""
         os.write(self._gate, b"g\n")
         os.close(self._gate)
+        if self.proc.stdout is None:
+            return
 
         def read():
             for raw in self.proc.stdout:
-                t, pid = clock.now(), self.pid
-                write = last_output_write()
-                if write and t - OUTPUT_WRITE_WINDOW_S <= clock.of_kernel(write[0]) <= t:
-                    t, pid = clock.of_kernel(write[0]), write[1]
-                self.lines.put((t, pid, raw.decode(errors="replace").rstrip("\n")))
+                self.lines.put((clock.now(), raw.decode(errors="replace").rstrip("\n")))
             self.lines.put(None)
         self._reader = threading.Thread(target=read, name="output", daemon=True)
         self._reader.start()
 
     def take_lines(self):
-        """[(t, writer pid, line)] read so far."""
+        """[(read time, line)] read so far."""
         out = []
         while True:
             try:

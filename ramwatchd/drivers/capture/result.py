@@ -144,6 +144,7 @@ def build_result(cap):
         "files": _files(cap, processes),
         "shared": _shared(processes),
         "oom": cap.oom,
+        "mappings": cap.mappings,
         "calls_shed": {"calls": cap.shed[0], "bytes": cap.shed[1]},
         "own_cpu_s": cap.own_cpu_s,
         "run_s": cap.now() - cap.run_started,

@@ -6,20 +6,23 @@ import os
 import resource
 import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 
 from ...kernel import cuda
-from ...kernel.events import Mark
+from ...kernel.events import Mark, Output
 from ...kernel.probes import ProbeOptions, Probes
 from ...ledger import procfs
 from ...ledger.classes import Classifier
+from ...ledger.node import page_cache_bytes
 from ...ledger.process import (ATTACHED, FORKED, CallsShed, DriverProbed, Ended, Execed, Looked, OomKill,
-                               PinnedCall, Renamed, SpikeSeen, Started)
+                               PinnedCall, RegionEnded, Renamed, SpikeSeen, Started)
 from ...ledger.rss import DEFAULT_MAX_HOLD_S, DEFAULT_MIN_RISE, SpikeRule
 from ...ledger.tracker import Clock, LookPolicy, Tracker
-from ...units import fmt_bytes
+from ...units import fmt_bytes, fmt_seconds
 from ...views.timeline import Entry
-from .phases import Phases
+from .output import PipeMatcher, Writers
+from .phases import PhaseLines, Phases
 from .program import Program, TargetError
 from .timeline import Timeline
 
@@ -39,6 +42,8 @@ class CaptureOptions:
     spike_max_hold_s: float = DEFAULT_MAX_HOLD_S
     probe: ProbeOptions = field(default_factory=ProbeOptions)
     classifier: Classifier = field(default_factory=Classifier)
+    phase_patterns: tuple = ()       # --phase: the lines that mark phases (default: all but noise)
+    show_output: bool = True         # `run`: the program's lines on the timeline, not passed through
 
 
 def check_pid(pid):
@@ -81,8 +86,12 @@ class Capture:
                                LookPolicy(min_interval=options.refresh_interval),
                                SpikeRule(options.spike_min_rise, options.spike_max_hold_s))
         self.timeline = Timeline(sink)
-        self.phases = Phases()
+        self.phases = Phases(self._parent_key)
+        self.phase_lines = PhaseLines(options.phase_patterns)
+        self.writers = Writers()
+        self.pipe = PipeMatcher()
         self.oom = []
+        self.mappings = []           # large ranges that ended, with their peaks
         self.drivers_probed = []     # (t, path, symbols)
         self.file_paths = {}         # (dev, ino) as stat() gives them -> path
         self.page_cache_filled = {}  # (dev, ino) -> (added, removed) bytes
@@ -95,6 +104,7 @@ class Capture:
         self.started_wall = time.time()
         self.own_cpu_s = 0.0         # ramwatchd's own CPU from the start of run() to its end
         self.run_started = 0.0
+        self.failure = None          # an internal error that ended the capture
         self._stop = False
 
     def now(self):
@@ -139,11 +149,11 @@ class Capture:
         """Start argv behind a gate, trace it, then open the gate so it execs:
         the program is seen from its first instruction."""
         self._probe_drivers(os.environ)
-        self.program = Program(argv, os.environ)
+        self.program = Program(argv, os.environ, read_output=self.options.show_output)
         self.target = {"command": list(argv), "children": True}
         self.probes.trace(self.program.pid)
         self.tracker.adopt(self.program.pid, self.now(), origin=FORKED)
-        self.program.go(self.clock, self.probes.last_output_write)
+        self.program.go(self.clock)
 
     def _probe_drivers(self, environ):
         for path in cuda.driver_paths(environ):
@@ -167,6 +177,10 @@ class Capture:
                     self._housekeeping(now)
                     last_housekeeping = now
                 self._check_end(now)
+        except Exception as err:   # a defect of ours: keep what was collected, and say so
+            self.failure = "".join(traceback.format_exception_only(type(err), err)).strip()
+            self.ended_because = f"stopped by an internal error ({self.failure})"
+            raise
         finally:
             try:
                 self._finish()
@@ -184,10 +198,10 @@ class Capture:
     def _step(self):
         started = time.monotonic()
         events = self.probes.poll(POLL_MS)
-        self._take_marks(events)
         self._apply(self.tracker.on_events(events))
-        self._take_lines()
+        self._take_phases(events)
         now = self.now()
+        self._take_lines(now)
         due = self.tracker.due(now)
         if due:
             self.tracker.collect_faults(now)
@@ -209,47 +223,81 @@ class Capture:
         """Last looks, then stop the program of `run` and what it started: they
         do not outlive the capture."""
         events = self.probes.poll(0)
-        self._take_marks(events)
         self._apply(self.tracker.on_events(events))
+        self._take_phases(events)
         now = self.now()
         self.tracker.collect_faults(float("inf"))
         for p in list(self.tracker.alive.values()):
             p.dirty = True
             self._apply(self.tracker.look(p, now, self.options.min_change))
         self._housekeeping(now)
-        self.probes.close()
         if self.program is not None:
             for p in list(self.tracker.alive.values()):
                 if p.pid != self.program.pid:
                     self.tracker.signal(p, signal.SIGTERM)
             self.exit_code = self.program.end()
-            self._take_lines()
+        self._take_lines(self.now(), final=True)
         self._apply(self.tracker.spikes(float("inf")))
         self.tracker.close()
         self.timeline.flush(self.now(), final=True)
 
     # ---- what the kernel and the tracker said --------------------------------
 
-    def _take_marks(self, events):
+    def _take_phases(self, events):
+        """Marks, and the lines each process printed: the phases they name."""
         for ev in events:
-            if type(ev) is Mark:
-                self._on_phase(self.clock.of_kernel(ev.ts_ns), ev.pid, ev.name, "mark")
+            kind = type(ev)
+            if kind is Mark:
+                self._on_phase(self.clock.of_kernel(ev.ts_ns), ev.pid, ev.name.strip(), "mark")
+            elif kind is Output:
+                for line in self.writers.feed(ev, self.clock.of_kernel(ev.ts_ns)):
+                    self._on_line(line)
+        for line in self.writers.flush(self.now(), final=self._stop):
+            self._on_line(line)
 
-    def _take_lines(self):
-        if self.program is not None:
-            for t, pid, line in self.program.take_lines():
-                self._on_phase(t, pid, line, "output")
+    def _on_line(self, line):
+        self.pipe.kernel_line(line)
+        name = self.phase_lines.name(line.pid, line.text)
+        if name:
+            self._on_phase(line.t, line.pid, name, "output")
+            if self.program is None:     # --pid: the program's own output is elsewhere
+                self._show_line(line)
+
+    def _take_lines(self, now, final=False):
+        """The lines of `run`'s program, from its pipe: all of them are shown."""
+        if self.program is None:
+            return
+        for read_t, text in self.program.take_lines():
+            if text.strip():
+                self.pipe.pipe_line(read_t, text)
+        for line in self.pipe.take(now, self.program.pid, final):
+            self._show_line(line)
+
+    def _show_line(self, line):
+        p = self.tracker.find(line.pid)
+        self._emit(Entry(line.t, line.pid, p.comm if p else "?", "output", line.text), p)
 
     def _on_phase(self, t, pid, name, source):
-        name = name.strip()
-        if name:
-            self.phases.add(t, pid, name, source)
-            p = self.tracker.find(pid)
-            self._emit(Entry(t, pid, p.comm if p else "?", "mark" if source == "mark" else "phase", name), p)
+        if not name:
+            return
+        p = self.tracker.find(pid)
+        self.phases.add(t, p.key if p else (pid, None), pid, name, source)
+        if p is not None:
+            self.timeline.keep(p)
+        if source == "mark":
+            self._emit(Entry(t, pid, p.comm if p else "?", "mark", name), p)
 
-    def _emit(self, entry, process=None):
-        if not entry.phase:
-            entry.phase = self.phases.at(entry.t)
+    def _parent_key(self, key):
+        p = self.tracker.processes.get(key)
+        return p.parent.key if p is not None and p.parent is not None else None
+
+    def _emit(self, entry, process=None, when=None):
+        """Put entry on the timeline, in the phase its process was in at `when`
+        (by default, the entry's own time)."""
+        if process is not None:
+            phase = self.phases.at(process.key, entry.t if when is None else when)
+            if phase is not None:
+                entry.phase, entry.phase_t = phase["name"], phase["t"]
         self.timeline.add(entry, process)
 
     def _apply(self, news):
@@ -283,7 +331,6 @@ class Capture:
                 "unreadable": "no longer readable"}.get(p.ended_how, p.ended_how)
         text = text or (f"peak {fmt_bytes(peak.bytes)}" if peak else "")
         entry = Entry(p.exited_at, p.pid, p.comm, "exit", text)
-        entry.phase = self.phases.at(entry.t)
         self.timeline.ended(p, entry)
 
     def _looked(self, item):
@@ -294,11 +341,27 @@ class Capture:
             when = ch.caused_at if ch.caused_at is not None else (p.moved_at or snap.t)
             self._emit(Entry(snap.t, p.pid, p.comm, "grow" if ch.delta > 0 else "release",
                              cls=ch.cls, name=ch.name, delta=ch.delta, rss_after=snap.total,
-                             cause=ch.cause, phase=self.phases.at(when)), p)
+                             cause=ch.cause), p, when)
         if not snap.reconciled:
             self._emit(Entry(snap.t, p.pid, p.comm, "drift",
                              f"classes sum to {fmt_bytes(snap.total)} but VmRSS is "
                              f"{fmt_bytes(snap.vm_rss)} (off by {fmt_bytes(snap.drift, True)})"), p)
+
+    def _region_ended(self, item):
+        """A large range ended: its life and its resident bytes at their highest,
+        which looks at smaps may never have caught."""
+        p, r = item.process, item.region
+        if r.peak < self.options.min_change:
+            return    # reserved, hardly touched: a thread stack, an arena's reserve
+        cache = page_cache_bytes(r.path) if r.path else None
+        mapping = {"pid": p.pid, "class": r.cls, "name": r.name, "start": r.start, "size": r.size,
+                   "t": r.t, "ended": r.ended_at, "peak": r.peak, "peak_t": r.peak_t,
+                   "page_cache": cache, "call": r.call.describe(), "seen_by_look": r.seen_by_look}
+        self.mappings.append(mapping)
+        text = (f"{fmt_bytes(r.size)} mapped for {fmt_seconds(r.ended_at - r.t)}, resident at most "
+                f"{fmt_bytes(r.peak)}" + (f", page cache {fmt_bytes(cache)}" if cache is not None else ""))
+        self._emit(Entry(r.ended_at, p.pid, p.comm, "mapping", text, cls=r.cls, name=r.name,
+                         delta=r.peak, cause=mapping["call"]), p, r.t)
 
     def _spike(self, item):
         p, s = item.process, item.spike
@@ -343,7 +406,7 @@ class Capture:
 
     _news_handlers = {Started: _started, Execed: _execed, Renamed: _renamed, Ended: _ended,
                       Looked: _looked, SpikeSeen: _spike, PinnedCall: _pinned, DriverProbed: _driver,
-                      CallsShed: _shed, OomKill: _oom}
+                      CallsShed: _shed, OomKill: _oom, RegionEnded: _region_ended}
 
     # ---- periodic ----------------------------------------------------------
 
@@ -373,6 +436,10 @@ class Capture:
             if p.alive and p.handle is not None:
                 for key, path in p.handle.open_files().items():
                     self.file_paths.setdefault(key, path)
+
+    def close(self):
+        """Detach the kernel side: ~60 ms a tracepoint, so after the summary."""
+        self.probes.close()
 
     # ---- the result --------------------------------------------------------
 

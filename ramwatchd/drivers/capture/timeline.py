@@ -36,6 +36,11 @@ class Timeline:
                 self._quiet.pop(process, None)    # it did something: never folded
         heapq.heappush(self._held, (entry.t, next(self._seq), entry))
 
+    def keep(self, process):
+        """process did something worth its own lines (named a phase, say): its
+        life is never folded."""
+        self._quiet.pop(process, None)
+
     def ended(self, process, entry):
         """process exited: fold its life if it was a quiet helper."""
         life = self._quiet.pop(process, None)

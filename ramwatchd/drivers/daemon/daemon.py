@@ -27,6 +27,7 @@ from .node import NodeTier
 log = logging.getLogger("ramwatchd")
 
 POLL_MS = 200
+EVENTS_PER_LOCK = 256
 STATUS_INTERVAL_S = 1.0       # a process's VmRSS is read on movement at most this often
 
 
@@ -94,12 +95,16 @@ class Daemon:
             for path in cuda.driver_paths(os.environ):
                 self.probes.attach_cuda(path)
             self._tier("discovery", self._discover)
+        # The lock is held for one piece of work at a time, so that a scrape
+        # waits at most for one batch of events or one look.
         while not self._stop.is_set():
             events = self.probes.poll(POLL_MS)
+            for i in range(0, len(events), EVENTS_PER_LOCK):
+                with self.lock:
+                    self._apply(self.tracker.on_events(events[i:i + EVENTS_PER_LOCK]))
+            self._look_due(self.clock.now())
             with self.lock:
-                self._apply(self.tracker.on_events(events))
                 now = self.clock.now()
-                self._look_due(now)
                 self._periodic(now)
                 self.groups.update_peaks()
                 self.groups.drop_emptied(scraped=False)
@@ -130,16 +135,18 @@ class Daemon:
         rate = self.config.collection.smaps_per_second
         self._tokens = min(rate, self._tokens + (now - self._last["tokens"]) * rate)
         self._last["tokens"] = now
-        due = self.tracker.due(now)
-        if not due:
-            return
-        self.tracker.collect_faults(now)
+        with self.lock:
+            due = self.tracker.due(now)
+            if due:
+                self.tracker.collect_faults(now)
         for p in due:
             if self._tokens < 1:
                 return
             self._tokens -= 1
-            self.smaps_reads += 1
-            self._apply(self.tracker.look(p, now))
+            with self.lock:
+                if p.alive:
+                    self.smaps_reads += 1
+                    self._apply(self.tracker.look(p, now))
 
     # ---- what the tracker said -----------------------------------------------
 

@@ -1,0 +1,112 @@
+"""The ranges a process's mm calls made, kept until they are unmapped.
+
+They serve three ends. A growth in a range names the call that made it,
+however many looks came between the call and the first touch. A large private
+anonymous range is an object of its own in a look (a 1 GiB KV cache is not
+lumped with every other anonymous mapping). And a large range is measured
+while it lives, cheaply (procfs.ProcDir.resident walks only its pages), so a
+weights file mapped for half a second in a process whose smaps takes 90 ms to
+read is seen at its highest, whatever the looks saw.
+"""
+from dataclasses import dataclass
+
+from ..kernel.events import MAP_SHARED, Mmap, Mremap
+from ..units import fmt_bytes
+
+LARGE_BYTES = 64 << 20          # a range this large is measured and named on its own
+MEASURE_INTERVAL_S = 0.02       # a live large range is measured no more often than this
+
+
+@dataclass(eq=False)
+class Region:
+    start: int
+    end: int
+    call: object           # the MmCall that made it
+    t: float               # when
+    path: str              # the file mapped, "" for anonymous memory
+    shared: bool
+    cls: str = ""          # its memory class (classes.py), once known
+    peak: int = 0          # resident bytes at their highest
+    peak_t: float = None
+    ended_at: float = None
+    seen_by_look: bool = False
+
+    @property
+    def size(self):
+        return self.end - self.start
+
+    @property
+    def large(self):
+        return self.size >= LARGE_BYTES
+
+    @property
+    def name(self):
+        """Its object name in a look: the file, or what made anonymous memory."""
+        if self.path:
+            return self.path
+        return f"[anon {self.call.what().split(' ')[0]} {fmt_bytes(self.size)} @ {self.t:.2f}s]"
+
+
+def made_by(call, t):
+    """The range a successful mmap or mremap made, or None."""
+    if isinstance(call, Mmap) and not call.failed:
+        return Region(call.ret, call.ret + _pages(call.length), call, t, "", bool(call.flags & MAP_SHARED))
+    if isinstance(call, Mremap) and not call.failed:
+        return Region(call.ret, call.ret + _pages(call.new_length), call, t, "", False)
+    return None
+
+
+def _pages(length):
+    return (length + 4095) & ~4095
+
+
+class Regions:
+    """One process's live ranges, in the order they were made."""
+
+    def __init__(self):
+        self.live = []
+        self.measured_at = -1e9
+
+    def add(self, region):
+        """A new range replaces whatever it overlaps (MAP_FIXED, or a reused
+        address); returns the ranges that ended so."""
+        ended = self.cut(region.start, region.end, region.t)
+        self.live.append(region)
+        return ended
+
+    def cut(self, start, end, t):
+        """[start, end) is unmapped: ranges wholly inside end; those it only
+        overlaps shrink. Returns the ranges that ended."""
+        ended, kept = [], []
+        for r in self.live:
+            if r.end <= start or end <= r.start:
+                kept.append(r)
+            elif start <= r.start and r.end <= end:
+                r.ended_at = t
+                ended.append(r)
+            else:
+                if start <= r.start:
+                    r.start = end          # its lower end unmapped
+                elif end >= r.end:
+                    r.end = start          # its upper end
+                # A hole in its middle: it keeps its bounds; the hole holds no pages.
+                kept.append(r)
+        self.live = kept
+        return ended
+
+    def end_all(self, t):
+        ended, self.live = self.live, []
+        for r in ended:
+            r.ended_at = t
+        return ended
+
+    def overlapping(self, ranges):
+        return [r for r in self.live if any(s < r.end and r.start < e for s, e in ranges)]
+
+    def large(self):
+        return [r for r in self.live if r.large]
+
+    def anonymous_in(self, start, end):
+        """The large private anonymous ranges overlapping [start, end)."""
+        return [r for r in self.live
+                if r.large and not r.path and not r.shared and r.start < end and start < r.end]
