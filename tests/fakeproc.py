@@ -1,12 +1,13 @@
 """A fake /proc for the process tracker's tests: one directory per process in
 a temporary folder, with the files the tracker reads (stat, status, smaps,
-maps, cmdline, environ, cgroup, exe, pagemap, task/TID/children) in the kernel's own
-formats, and a kernel and a clock the tests control.
+maps, cmdline, environ, cgroup, exe, pagemap, task/TID/children) in the
+kernel's own formats, and a kernel and a clock the tests control.
 
 The tracker reads a process only through a directory fd held open
 (procfs.ProcDir), so removing a process's folder makes every later read
-through that fd fail with ENOENT, as for a real process that exited; a new
-folder under the same pid with another start time is a reused pid.
+through that fd fail with ENOENT, as for a real process that exited and was
+reaped (a real one answers ESRCH: both mean gone). A new folder under the
+same pid with another start time is a reused pid.
 """
 import os
 import shutil
@@ -19,11 +20,10 @@ from ramwatchd.ledger.tracker import Clock
 
 KiB, MiB = 1 << 10, 1 << 20
 
-PF_FORKNOEXEC = 0x40
-PF_RANDOMIZE = 0x00400000
-USER_FLAGS = 0x00400000          # a running user process, as in a real /proc/self/stat
-ZOMBIE_FLAGS = 0x0040804c        # a real zombie's: PF_EXITING | PF_SIGNALED... set, no PF_KTHREAD
-KTHREAD_FLAGS = 0x00208040       # kthreadd's: PF_KTHREAD | PF_NOFREEZE | PF_FORKNOEXEC
+# stat's flags (field 9), copied from a real /proc
+USER_FLAGS = 0x00400000          # a running user process: PF_RANDOMIZE
+ZOMBIE_FLAGS = 0x0040804c        # a real zombie's: PF_EXITING among them, no PF_KTHREAD
+KTHREAD_FLAGS = 0x00208040       # kthreadd's: PF_KTHREAD (0x00200000) among them
 
 
 @dataclass
@@ -305,9 +305,6 @@ class FakeKernel:
 
     def busy(self):
         """tgids half-way through a call a look would catch half done."""
-        return set(self.allocating)
-
-    def allocating_cuda(self):       # its name before busy()
         return set(self.allocating)
 
     def called(self, name, arg=None):

@@ -9,13 +9,14 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import MiB, assert_near, process, run_ramwatchd
+from conftest import RAMWATCHD, MiB, assert_near, process
 from test_daemon import daemon, fetch, wait_until, workloads   # noqa: F401 (fixtures)
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -95,6 +96,22 @@ def wait_for_file(path, proc, timeout=60):
 
 # ---- what every capture must satisfy ---------------------------------------------
 
+def run_ramwatchd(args, timeout=180):
+    """Run ramwatchd to its end, its output in files: a process it left behind
+    that holds a pipe of ours cannot make this wait (that is asserted apart)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(RAMWATCHD + args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+
 def finished_capture(done, out):
     """The capture exited 0 without a traceback, printed its summary and saved
     a loadable JSON: returns that."""
@@ -129,8 +146,8 @@ def assert_nothing_left(result, tag):
              if start_time(p["pid"]) is not None and abs(start_time(p["pid"]) - p["start"]) <= 1]
     assert not alive, f"captured processes still running after the capture: {alive}"
     left = tagged_pids(tag)
-    assert not left, f"processes of the program still running after the capture: {left} " + str(
-        [Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in left])
+    assert not left, (f"{len(left)} processes of the program still running after the capture, "
+                      f"none of them in the capture: pids {left[:10]}...")
 
 
 # ---- 1, 2, 4: fork churn -------------------------------------------------------------
@@ -177,6 +194,18 @@ def test_fork_churn_under_attach(tmp_path, tag, spawned):
     assert folded_on_timeline(result) == short["count"]
     assert {p["ppid"] for p in short["processes"]} == {shell.pid}
     assert_looked_reconciled(result)
+
+
+def test_children_started_until_the_end_do_not_outlive_run(tmp_path, tag):
+    # A program that keeps forking children that live on (a growing worker
+    # pool): every one of them, however late it came, ends with the capture.
+    out = tmp_path / "forker.json"
+    done = run_ramwatchd(["run", "--quiet", "--duration", "3", "--json", str(out), "--",
+                          sys.executable, str(PROGRAMS / "forker.py"), "0.02", tag], timeout=180)
+    result = finished_capture(done, out)
+    assert "--duration" in result["ended_because"], result["ended_because"]
+    assert len(result["processes"]) > 20, len(result["processes"])
+    assert_nothing_left(result, tag)
 
 
 def test_ten_consecutive_churn_runs(tmp_path, tag):

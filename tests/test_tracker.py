@@ -6,10 +6,6 @@ read is a normal outcome reported as news, never an exception; a process is
 (pid, start time), and a reused pid inherits nothing; looks keep their
 interval; an exec starts the process over; a rename is held back until it is
 clear no exec made it.
-
-Tests marked @bug show a defect in ramwatchd/ (the test's docstring says
-where and what): they fail today and are expected to (xfail, strict), so that
-once the defect is fixed they pass and pytest says to remove the mark.
 """
 import errno
 import mmap
@@ -38,11 +34,6 @@ PARENT, PARENT_START = 1000, START - 500
 PINNED_AT = 0x7f4000000000       # where the CUDA driver's pinned buffer is mapped
 WEIGHTS = Mapping(0x7f5000000000, 256 * MiB, "/models/llama/model-00001.safetensors", "r--s", 96 * MiB, 5005)
 
-
-
-def bug(reason, raises=AssertionError):
-    """A test that fails because of a defect in ramwatchd/, not in itself."""
-    return pytest.mark.xfail(strict=True, raises=raises, reason="BUG: " + reason)
 
 
 # ---- the world: fake /proc, kernel, clock, and the tracker over them ---------------
@@ -298,8 +289,7 @@ SCENARIOS = {
                        Looked),
     "Exec unknown pid": ({"adopt_unknown": True}, _setup_spawned,
                          lambda w, p: w.tracker.on_events([w.exec_()]), Execed),
-    "Rename": ({}, _setup_renamed,
-               lambda w, p: w.tracker.on_events([w.rename("VLLM::Worker", t=w.clock.t - 0.1)]), Renamed),
+    "Rename": ({}, _setup_renamed, lambda w, p: _renamed_after_its_hold(w), Renamed),
     "CudaCall": ({}, _setup_moved, lambda w, p: w.tracker.on_events([w.cuda_alloc()]), PinnedCall),
     "verify": ({}, _setup_renamed, lambda w, p: w.tracker.verify(w.clock.t), Renamed),
     "verify forked": ({}, _setup_forked, lambda w, p: w.tracker.verify(w.clock.t), None),
@@ -309,6 +299,13 @@ SCENARIOS = {
     "signal": ({}, _setup_moved, _signal, None),
     "signal forked": ({}, _setup_forked, _signal, None),
 }
+
+
+def _renamed_after_its_hold(w):
+    """A Rename arrives; once its hold has passed with no Exec, it is news."""
+    news = w.tracker.on_events([w.rename("VLLM::Worker", t=w.clock.t)])
+    w.at(w.clock.t + 0.1)
+    return news + w.tracker.on_events([])
 
 
 def _run(make_world, reads, name, details, at=None, then="vanish"):
@@ -334,9 +331,6 @@ def test_a_process_that_vanishes_before_any_read_is_ended(make_world, reads, req
     exits and is reaped just before that read. Nothing escapes; the process is
     ended (now, or once verify() finds it gone for VANISHED_GRACE_S); nothing
     read about it is wrong; a gone process is never untraced."""
-    if (name, details) == ("verify after Exec", True):
-        request.applymarker(bug("_recheck reads exe outside its try: NoSuchProcess escapes verify() "
-                                "(see test_verify_after_an_exec_survives_a_process_gone_before_its_exe_is_read)"))
     expected = SCENARIOS[name][3]
     w, news, raised = _run(make_world, reads, name, details)
     n_reads = len(reads.names)
@@ -418,13 +412,11 @@ def _open_fds():
     return set(os.listdir("/proc/self/fd"))
 
 
-@pytest.mark.parametrize("k", [0, pytest.param(1, marks=bug("attach leaks its ProcDir")),
-                               pytest.param(2, marks=bug("attach leaks its ProcDir"))])
+@pytest.mark.parametrize("k", [0, 1, 2])
 def test_attach_of_a_process_gone_midway_leaks_no_descriptor(make_world, reads, k):
-    """BUG: attach opens the ProcDir, then _from_proc reads stat and cmdline
-    from it; a NoSuchProcess there propagates without closing the handle
-    (tracker.py, attach: no try/close around self._from_proc). Each capture
-    that attaches a process tree losing a child midway leaks a directory fd."""
+    """A process gone between attach's first reads raises NoSuchProcess, and
+    the directory fd attach opened is closed: a capture that loses children
+    while it attaches a tree leaks nothing."""
     w = make_world()
     w.fake = w.proc.spawn(PID, START)
     before = _open_fds()
@@ -435,12 +427,10 @@ def test_attach_of_a_process_gone_midway_leaks_no_descriptor(make_world, reads, 
     assert PID not in w.tracker.alive and not w.kernel.called("trace")
 
 
-@bug("_recheck reads exe outside its try", raises=procfs.NoSuchProcess)
 def test_verify_after_an_exec_survives_a_process_gone_before_its_exe_is_read(make_world, reads):
-    """BUG: Tracker._recheck reads p.exe = handle.exe() for an exec'd program's
-    first names *after* its try/except (tracker.py, _recheck, `if not
-    p.names_read:` branch). With details=True (the daemon), a process that is
-    gone or a zombie by then raises NoSuchProcess out of verify()/discover()."""
+    """With details (the daemon), verify() reads an exec'd program's names,
+    exe last; a process gone just before that read is an outcome, not an
+    exception out of verify()."""
     w = make_world(details=True)
     _setup_execed_seen(w)
     reads.watch(PID, 3, w.fake.vanish)       # stat, cmdline, cgroup, then exe
@@ -457,7 +447,7 @@ def test_a_reused_pid_is_a_new_process_with_nothing_of_the_old(make_world):
     w.fake.set_anon(400 * MiB)
     w.tracker.on_events([w.cuda_alloc(t=w.at(0.2)), w.rss_step(t=0.2)])
     w.fake.rename("VLLM::Worker")
-    w.tracker.on_events([w.rename("VLLM::Worker", t=0.25)])
+    w.tracker.on_events([w.rename("VLLM::Worker", t=0.2)])
     w.at(0.4)
     assert of(w.tracker.on_events([]), Renamed)
     assert old.pinned.ranges and old.rss.points and old.history and old.renames
@@ -510,14 +500,10 @@ def test_a_fork_onto_a_tracked_pid_ends_the_old_process_without_untracing(make_w
     assert looked.snapshot.vm_rss == new_fake.vm_rss
 
 
-@bug("_on_fork copies neither exe nor cgroup")
 def test_a_forked_child_starts_as_a_copy_of_its_parent_exe_and_cgroup_too(make_world):
-    """BUG: _on_fork (tracker.py) copies the parent's comm and cmdline into the
-    child but not its exe and cgroup, which the daemon (details=True) groups
-    by. The child's cgroup is only fixed by a later discover() (as a Renamed
-    that is no rename), and its exe never: names_read is True for a forked
-    child, so neither _recheck nor anything else reads it until an exec. A
-    forked worker never joins a group configured by exe."""
+    """A forked child inherits its parent's comm, cmdline, exe and cgroup,
+    which the daemon groups by: a forked worker joins a group configured by
+    exe or cgroup at once, and no later read reports a false rename."""
     w = make_world(details=True, adopt_unknown=True)
     w.proc.spawn(PARENT, PARENT_START)
     parent, _ = w.tracker.adopt(PARENT, w.at(0.0))
@@ -588,14 +574,10 @@ def test_signal_closes_its_pidfd_whatever_it_finds(make_world):
     assert len(w.pidfds) == 2
 
 
-@bug("_on_fork ends a tracked process of the same (pid, start)")
 def test_a_fork_event_for_a_process_discover_already_adopted_keeps_it(make_world):
-    """BUG: in the daemon, discover() can adopt a child (reading /proc) before
-    its Fork event is polled. _on_fork (tracker.py) then ends the tracked
-    process as "gone" because alive[child] exists, without comparing its start
-    with the event's, and starts a second Process with the same key: the live
-    process is reported Ended + Started, losing its looks. Worse, the daemon's
-    forget(Ended.process) then pops processes[key], which is the new one."""
+    """In the daemon, discover() can adopt a child before its Fork event is
+    polled. The Fork of the same (pid, start) changes nothing: no Ended, no
+    second Process, its looks kept."""
     w = make_world(adopt_unknown=True, details=True)
     w.proc.spawn(PARENT, PARENT_START)
     w.fake = w.proc.spawn(PID, START, ppid=PARENT)
@@ -608,16 +590,11 @@ def test_a_fork_event_for_a_process_discover_already_adopted_keeps_it(make_world
     assert w.tracker.alive.get(PID) is child and child.alive and child.looks == 1
 
 
-@bug("a denied identity check untraces the pid's new owner")
 def test_a_denied_read_of_a_reused_pid_does_not_untrace_its_new_owner(make_world, monkeypatch):
-    """BUG: a forked child (never read) whose exit event was lost; its pid now
-    belongs to a newer process whose stat cannot be read. ProcDir(pid,
-    start=...) raises AccessDenied before it can compare start times, and
-    Tracker._ended_by ends the old child as "denied" and calls
-    kernel.untrace(pid): it stops tracing the newer process that owns the
-    pid. Where the start cannot be checked, the old child cannot be told
-    apart from the new owner, so the pid must not be untraced (nor the old
-    one called denied)."""
+    """A forked child (never read) whose exit event was lost; its pid now
+    belongs to a newer process whose stat cannot be read, so the identity
+    check cannot tell them apart: the pid must not be untraced, since it may
+    be the newer process's."""
     w = make_world()
     child = w.forked()
     w.fake.vanish()
@@ -690,15 +667,10 @@ def test_adopt_ignores_a_denied_process_and_a_kernel_thread(make_world, monkeypa
     assert not w.kernel.calls and not w.tracker.alive
 
 
-@pytest.mark.parametrize("details", [True, pytest.param(False, marks=bug("adopt starts a zombie"))],
-                         ids=["details", "plain"])
+@pytest.mark.parametrize("details", [True, False], ids=["details", "plain"])
 def test_adopt_does_not_start_a_zombie_nor_call_it_a_kernel_thread(make_world, details):
-    """BUG (details=False): a zombie's stat reads fine and has no PF_KTHREAD, so
-    adopt (tracker.py) starts tracking an already exited process: Started,
-    then a look finds it a zombie, verify ends it after VANISHED_GRACE_S, and
-    the next discover() adopts it again, for as long as its parent leaves it
-    unreaped. (With details=True it is refused only by accident: exe() of a
-    zombie raises NoSuchProcess, ENOENT, contrary to ProcDir.exe's docstring.)"""
+    """A zombie is not adopted (it has exited; its exit event says so), and it
+    is ignored as a zombie, not as a kernel thread, until it is reaped."""
     w = make_world(details=details, adopt_unknown=True)
     w.fake = w.proc.spawn(PID, START)
     w.fake.zombie()
@@ -722,12 +694,10 @@ def test_a_zombie_found_by_a_look_waits_for_its_exit_event(make_world):
     assert p.ended_how == "exited" and not w.kernel.called("untrace")
 
 
-@bug("_recheck does not see a zombie")
 def test_verify_ends_a_zombie_and_does_not_call_it_renamed(make_world):
-    """BUG: Tracker._recheck (tracker.py) reads stat and cmdline, both readable
-    for a zombie (cmdline empty), never looks at stat.zombie: a process whose
-    exit event was lost is reported Renamed (cmdline "python3 serve.py" -> "")
-    and is never ended while its parent leaves it unreaped."""
+    """A zombie's stat and (empty) cmdline read fine: verify() must see the
+    zombie, not report a rename to "", and end it once VANISHED_GRACE_S has
+    passed without its exit event."""
     w = make_world()
     p = w.attached()
     w.fake.zombie()
@@ -736,14 +706,10 @@ def test_verify_ends_a_zombie_and_does_not_call_it_renamed(make_world):
     assert of(news, Ended, p) == [Ended(p)] and p.cmdline == "python3 serve.py"
 
 
-@bug("_read_rss records VmRSS 0 for an exiting process")
 def test_an_rss_reading_of_an_exiting_process_is_not_recorded(make_world):
-    """BUG: between exit_mm and exit_notify a process has PF_EXITING and no mm
-    but is not a zombie yet: its status has no VmRSS line. ProcDir.status
-    raises ZombieProcess only for state Z, so Tracker._read_rss records VmRSS
-    0 (the daemon's raw rss_stat counts the exit's own teardown, which sends
-    exactly such RssSteps). A process that rose and then exited shows a
-    spurious SPIKE; a look (take_look checks stat.exiting) would not."""
+    """Between exit_mm and exit_notify a process has no mm and is not a zombie
+    yet: its status has no VmRSS. That reading is no 0 in its series (it
+    would make a false spike of the exit)."""
     w = make_world()
     p = w.attached()                        # ~110 MiB
     w.fake.set_anon(612 * MiB)
@@ -755,6 +721,9 @@ def test_an_rss_reading_of_an_exiting_process_is_not_recorded(make_world):
 
 
 # ---- 4. the look interval ----------------------------------------------------------
+#
+# cost_factor=0: the interval is min_interval alone, not a multiple of how long
+# a look took on this machine, so a loaded machine cannot change the outcome.
 
 def _drive(w, until, step=0.05, moves=()):
     """A driver's loop on the fake clock: events, then looks at what is due.
@@ -771,7 +740,7 @@ def _drive(w, until, step=0.05, moves=()):
 
 
 def test_a_moving_process_gets_at_most_one_look_per_interval(make_world, reads):
-    w = make_world(policy=LookPolicy(min_interval=10.0))
+    w = make_world(policy=LookPolicy(min_interval=10.0, cost_factor=0))
     w.fake = w.proc.spawn(PID, START)
     (started,) = w.tracker.adopt(PID, w.at(0.0))[1]
     reads.watch(PID)
@@ -785,7 +754,7 @@ def test_a_moving_process_gets_at_most_one_look_per_interval(make_world, reads):
 def test_the_settle_look_waits_for_the_interval(make_world):
     """A look that movement caused asks for one more once things are quiet
     (settle_delay later): that one too waits for min_interval."""
-    w = make_world(policy=LookPolicy(min_interval=10.0, settle_delay=0.2))
+    w = make_world(policy=LookPolicy(min_interval=10.0, settle_delay=0.2, cost_factor=0))
     w.fake = w.proc.spawn(PID, START)
     p, _ = w.tracker.adopt(PID, w.at(0.0))
     looked = _drive(w, 30.0, moves=[0.1])
@@ -794,7 +763,7 @@ def test_the_settle_look_waits_for_the_interval(make_world):
 
 
 def test_a_quiet_process_is_looked_at_after_first_look_after(make_world):
-    w = make_world(policy=LookPolicy(min_interval=10.0))
+    w = make_world(policy=LookPolicy(min_interval=10.0, cost_factor=0))
     w.fake = w.proc.spawn(PID, START)
     w.tracker.adopt(PID, w.at(0.0))
     assert _drive(w, 12.0) == [1.0]
@@ -849,15 +818,10 @@ def test_without_an_exec_the_same_readings_are_a_release_and_a_spike(make_world)
     assert of(w.tracker.spikes(w.at(3.0)), SpikeSeen)
 
 
-@bug("an RssStep before an Exec in its batch is read into the old image")
 def test_an_rss_step_in_the_batch_of_an_exec_is_not_read_into_the_old_program(make_world):
-    """BUG: on_events (tracker.py) marks an MmCall that precedes an Exec of the
-    same pid in its batch as stale (its counters, read now, are the new
-    program's), but _on_rss_step reads them anyway and adds them to the old
-    image's series. An exec's own teardown of the old mm sends exactly such
-    RssSteps in the daemon. Here the old program rose 512 MiB at 0.9 s; the
-    new one's 3 MiB read at 0.95 s lands in the old image: a spike of the old
-    program that was an exec."""
+    """An RssStep that precedes an Exec of the same pid in its batch is stale:
+    the counters read now are the new program's, and read into the old
+    image they would make a spike out of the exec."""
     w = make_world()
     p = w.attached()
     w.fake.set_anon(612 * MiB)
@@ -870,13 +834,10 @@ def test_an_rss_step_in_the_batch_of_an_exec_is_not_read_into_the_old_program(ma
     assert p.rss.all_spikes(w.tracker.spike_rule) == []
 
 
-@bug("new_image drops the old image's unjudged peaks from spikes()")
 def test_a_spike_that_ended_just_before_an_exec_is_still_reported(make_world):
-    """BUG: spikes() judges a peak only once its fall window (max_hold_s) has
-    closed, but an exec in that window starts a new image and
-    RssSeries.new_image (rss.py) resets _searched: the old image's last
-    peaks are never judged by new_spikes(). The spike is in the capture's
-    summary (all_spikes) but never in the timeline (SpikeSeen)."""
+    """A spike whose fall window is still open when the process execs is
+    judged at the exec: it reaches the timeline (SpikeSeen), not only the
+    summary."""
     w = make_world()
     p = w.attached()
     w.fake.set_anon(612 * MiB)
@@ -885,7 +846,7 @@ def test_a_spike_that_ended_just_before_an_exec_is_still_reported(make_world):
     w.tracker.on_events([w.rss_step(t=w.at(0.95))])
     news = w.tracker.spikes(0.95)
     w.fake.exec()
-    w.tracker.on_events([w.exec_(t=w.at(0.98))])
+    news += w.tracker.on_events([w.exec_(t=w.at(0.98))])
     news += w.tracker.spikes(w.at(2.0))
     assert len(p.rss.all_spikes(w.tracker.spike_rule)) == 1
     assert len(of(news, SpikeSeen)) == 1
@@ -925,6 +886,23 @@ def test_a_rename_followed_by_an_exec_is_no_rename(make_world, same_batch):
     assert [type(n) for n in news] == [Execed] and p.renames == [] and p.comm == "bash"
 
 
+def test_a_rename_received_late_still_waits_for_the_exec_behind_it(make_world):
+    """A tracker running behind by more than the hold (a look of a large
+    process takes ~100 ms; a loaded machine) must still hold an exec's own
+    rename when the poll that drained the ring buffer ended between the
+    rename and the Exec (the kernel emits them ~0.1-1 ms apart): the hold
+    runs from the rename's arrival, not from its timestamp."""
+    w = make_world()
+    p = w.attached()
+    w.fake.exec()
+    w.at(1.3)                               # 300 ms behind the kernel
+    news = w.tracker.on_events([w.rename("bash", t=1.0)])
+    news += w.tracker.on_events([w.exec_(t=1.0005)])
+    w.at(2.0)
+    news += w.tracker.on_events([])
+    assert [type(n) for n in news] == [Execed] and p.renames == []
+
+
 def test_a_rename_already_equal_to_the_name_is_no_news(make_world):
     w = make_world()
     w.attached()
@@ -933,12 +911,9 @@ def test_a_rename_already_equal_to_the_name_is_no_news(make_world):
     assert w.tracker.on_events([]) == []
 
 
-@bug("a held Rename is applied to the pid's next owner")
 def test_a_held_rename_is_not_given_to_the_pids_next_owner(make_world):
-    """BUG: _renames (tracker.py) is keyed by pid only, and neither the Exit
-    nor the Fork of that pid drops it. A process renamed and exited within
-    RENAME_HOLD_NS, and a new process forked onto its pid, gets the old one's
-    name: Renamed(new) with its comm overwritten."""
+    """A process renamed and exited within RENAME_HOLD_NS, and a new process
+    forked onto its pid: the held rename dies with the old one."""
     w = make_world()
     w.proc.spawn(PARENT, PARENT_START)
     w.tracker.attach(PARENT, w.at(0.0))

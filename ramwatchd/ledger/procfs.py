@@ -221,9 +221,10 @@ class ProcDir:
         return parse_stat(self.read("stat"))
 
     def status(self):
-        """Status of a process that has memory; a zombie raises ZombieProcess."""
+        """Status of a process that has memory. One that has exited (a zombie)
+        or is exiting (its memory already torn down) raises ZombieProcess."""
         st = parse_status(self.read("status"), self.pid)
-        if not st.has_mm and self.stat().zombie:
+        if not st.has_mm and not self.stat().kernel_thread:
             raise ZombieProcess(self.pid, "exited, not yet reaped")
         return st
 
@@ -260,12 +261,11 @@ class ProcDir:
 
     def exe(self):
         """The executable's path; "" where the link cannot be read (a kernel
-        thread, a zombie, or not allowed)."""
+        thread, a zombie: ENOENT for both, or not allowed). Whether the process
+        is gone is for the other reads to say."""
         try:
             return os.readlink("exe", dir_fd=self.fd)
-        except OSError as err:
-            if err.errno in _GONE:
-                raise _translate(err, self.pid, "exe") from None
+        except OSError:
             return ""
 
     def cgroup(self):

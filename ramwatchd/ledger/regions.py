@@ -8,6 +8,7 @@ while it lives, cheaply (procfs.ProcDir.resident walks only its pages), so a
 weights file mapped for half a second in a process whose smaps takes 90 ms to
 read is seen at its highest, whatever the looks saw.
 """
+import resource
 from dataclasses import dataclass
 
 from ..kernel.events import MAP_SHARED, Mmap, Mremap
@@ -15,6 +16,7 @@ from ..units import fmt_bytes
 
 LARGE_BYTES = 64 << 20          # a range this large is measured and named on its own
 MEASURE_INTERVAL_S = 0.02       # a live large range is measured no more often than this
+PAGE_BYTES = resource.getpagesize()
 
 
 @dataclass(eq=False)
@@ -50,14 +52,15 @@ class Region:
 def made_by(call, t):
     """The range a successful mmap or mremap made, or None."""
     if isinstance(call, Mmap) and not call.failed:
-        return Region(call.ret, call.ret + _pages(call.length), call, t, "", bool(call.flags & MAP_SHARED))
+        return Region(call.ret, call.ret + pages(call.length), call, t, "", bool(call.flags & MAP_SHARED))
     if isinstance(call, Mremap) and not call.failed:
-        return Region(call.ret, call.ret + _pages(call.new_length), call, t, "", False)
+        return Region(call.ret, call.ret + pages(call.new_length), call, t, "", False)
     return None
 
 
-def _pages(length):
-    return (length + 4095) & ~4095
+def pages(length):
+    """length rounded up to whole pages: what the kernel maps or unmaps."""
+    return (length + PAGE_BYTES - 1) & ~(PAGE_BYTES - 1)
 
 
 class Regions:

@@ -83,7 +83,7 @@ class Tracker:
         self._faults_collected = -1e9
         self._last_of = {}                  # pid -> the last process that had it
         self._handlers = {Fork: self._on_fork, Exec: self._on_exec, Rename: self._on_rename,
-                          Exit: self._on_exit, RssStep: self._on_rss_step, CudaCall: self._on_cuda,
+                          Exit: self._on_exit, CudaCall: self._on_cuda,
                           OomVictim: self._on_oom}
         exact = getattr(getattr(kernel, "options", None), "exact_rss", False)
         self.exact_rss = exact
@@ -94,7 +94,11 @@ class Tracker:
         """Track pid, there before the capture began, and look at it now: that
         look is its baseline. Raises procfs.ProcessError if it cannot be read."""
         handle = procfs.ProcDir(pid, root=self.proc_root)
-        p = self._from_proc(handle, now, ATTACHED)
+        try:
+            p = self._from_proc(handle, now, ATTACHED)
+        except procfs.ProcessError:
+            handle.close()
+            raise
         self.kernel.trace(pid)
         return p, self.look(p, now)
 
@@ -111,8 +115,9 @@ class Tracker:
             self.ignored[pid] = (None, _why(err))
             return None, []
         try:
-            if handle.stat().kernel_thread:
-                self.ignored[pid] = (handle.start, "kernel thread")
+            stat = handle.stat()
+            if stat.kernel_thread or stat.zombie:
+                self.ignored[pid] = (handle.start, "kernel thread" if stat.kernel_thread else "zombie")
                 handle.close()
                 return None, []
             p = self._from_proc(handle, now, origin)
@@ -135,7 +140,9 @@ class Tracker:
         p.dirty = False
         if self.details:
             p.exe, p.cgroup = handle.exe(), handle.cgroup()
-        self._add(p)
+        stale = self._add(p)
+        if stale is not None:      # a process whose exit was missed: its pid is p's now
+            self._end(stale, now, "gone")
         return p
 
     def _add(self, p):
@@ -172,19 +179,24 @@ class Tracker:
         last_exec = {ev.pid: i for i, ev in enumerate(events) if type(ev) is Exec}
         news = []
         for i, ev in enumerate(events):
-            handler = self._handlers.get(type(ev))
-            if handler is not None:
-                news += handler(ev)
+            stale = last_exec.get(ev.pid, -1) > i
+            if type(ev) is RssStep:
+                news += self._on_rss_step(ev, stale)
             elif isinstance(ev, MmCall):
-                news += self._on_mm_call(ev, stale=last_exec.get(ev.pid, -1) > i)
+                news += self._on_mm_call(ev, stale)
+            else:
+                handler = self._handlers.get(type(ev))
+                if handler is not None:
+                    news += handler(ev)
         return news + self._settle_renames()
 
     def _settle_renames(self):
         """exec renames the process too, just before its Exec event: a rename
-        is news only once no exec has followed it for RENAME_HOLD_NS."""
+        is news only once no exec has followed it for RENAME_HOLD_NS since it
+        arrived."""
         news = []
-        for pid, ev in list(self._renames.items()):
-            if time.monotonic_ns() - ev.ts_ns >= RENAME_HOLD_NS:
+        for pid, (ev, arrived) in list(self._renames.items()):
+            if time.monotonic_ns() - arrived >= RENAME_HOLD_NS:
                 del self._renames[pid]
                 news += self._rename(ev)
         return news
@@ -199,15 +211,20 @@ class Tracker:
 
     def _on_fork(self, ev):
         t = self.clock.of_kernel(ev.ts_ns)
+        start = procfs.boot_ns_to_ticks(ev.child_boot_ns)
         parent = self.alive.get(ev.pid)
+        self._renames.pop(ev.child, None)
         news = []
-        stale = self.alive.get(ev.child)
-        if stale is not None:   # its exit was never seen (the ring buffer was full)
-            news += self._end(stale, t, "gone")
+        known = self.alive.get(ev.child)
+        if known is not None:
+            if abs(known.start - start) <= 1:
+                return []       # discovery found it before this event came
+            news += self._end(known, t, "gone")   # its exit was never seen (the ring buffer was full)
         # No /proc read: a child that execs or exits within milliseconds (a
         # shell's helpers) costs nothing more. It starts as a copy of its parent.
-        p = Process(ev.child, procfs.boot_ns_to_ticks(ev.child_boot_ns), ev.pid, parent,
-                    parent.comm if parent else ev.comm, parent.cmdline if parent else "", t, FORKED)
+        p = Process(ev.child, start, ev.pid, parent, parent.comm if parent else ev.comm,
+                    parent.cmdline if parent else "", t, FORKED,
+                    exe=parent.exe if parent else "", cgroup=parent.cgroup if parent else "")
         p.image_started = t
         p.dirty = False
         self._add(p)
@@ -220,6 +237,7 @@ class Tracker:
             return news
         t = self.clock.of_kernel(ev.ts_ns)
         p.execs.append((t, ev.filename))
+        news += [SpikeSeen(p, spike) for spike in p.rss.new_spikes(self.spike_rule, float("inf"))]
         news += [RegionEnded(p, r) for r in p.regions.end_all(t) if r.large]
         p.comm = ev.comm
         p.cmdline = os.path.basename(ev.filename)
@@ -235,7 +253,7 @@ class Tracker:
         return news + [Execed(p, ev.filename)]
 
     def _on_rename(self, ev):
-        self._renames[ev.renamed] = ev
+        self._renames[ev.renamed] = (ev, time.monotonic_ns())
         return []
 
     def _rename(self, ev):
@@ -250,6 +268,7 @@ class Tracker:
         return [Renamed(p, *old)]
 
     def _on_exit(self, ev):
+        self._renames.pop(ev.pid, None)
         p = self.alive.get(ev.pid)
         if p is None:
             return []
@@ -257,7 +276,7 @@ class Tracker:
             p.rss.raise_peak(Peak(ev.peak, self.clock.of_kernel(ev.peak_ns), ev.peak_rss))
         return self._end(p, self.clock.of_kernel(ev.ts_ns), "exited")
 
-    def _on_rss_step(self, ev):
+    def _on_rss_step(self, ev, stale):
         p, news = self._process_of(ev.pid)
         if p is None:
             return news
@@ -265,7 +284,7 @@ class Tracker:
         self._moved_at(p, t)
         if ev.exact:
             p.rss.add(t, ev.rss[FILE] + ev.rss[ANON] + ev.rss[SHMEM], ev.rss)
-        elif self._wants_rss(p, 0):
+        elif not stale and self._wants_rss(p, 0):
             news += self._read_rss(p, self.clock.now())
         return news
 
@@ -290,9 +309,9 @@ class Tracker:
         """Keep p's ranges as its calls make and unmap them."""
         ended = []
         if isinstance(call, Munmap):
-            ended = p.regions.cut(call.addr, call.addr + call.length, t)
+            ended = p.regions.cut(call.addr, call.addr + regions.pages(call.length), t)
         elif isinstance(call, Mremap):
-            ended = p.regions.cut(call.old_addr, call.old_addr + call.old_length, t)
+            ended = p.regions.cut(call.old_addr, call.old_addr + regions.pages(call.old_length), t)
         region = regions.made_by(call, t)
         if region is not None:
             if region.large:
@@ -434,13 +453,19 @@ class Tracker:
     def _ended_by(self, p, now, err):
         """A read of p failed. Gone or a zombie: its events up to its exit may
         still be on their way (an exec, the exit itself), so it stays tracked,
-        unread, until its exit event comes or VANISHED_GRACE_S passes."""
+        unread, until its exit event comes or VANISHED_GRACE_S passes. Denied:
+        it is ended; and if it was p that was denied (not a check of whose the
+        pid is now), the kernel stops sending its events."""
         if isinstance(err, (procfs.NoSuchProcess, procfs.ZombieProcess)):
             if p.vanished_at is None:
                 p.vanished_at = now
                 self._close_handle(p)
             return []
-        return self._end(p, now, _why(err))
+        confirmed = p.handle is not None
+        news = self._end(p, now, _why(err))
+        if confirmed and self.alive.get(p.pid) is None:
+            self.kernel.untrace(p.pid)
+        return news
 
     def _close_handle(self, p):
         if p.handle is not None:
@@ -457,8 +482,6 @@ class Tracker:
         self._close_handle(p)
         if self.alive.get(p.pid) is p:
             del self.alive[p.pid]
-            if how not in ("exited", "gone"):
-                self.kernel.untrace(p.pid)   # alive but unreadable: stop its events
         self._moved.discard(p)
         return news + [Ended(p)]
 
@@ -628,14 +651,15 @@ class Tracker:
         try:
             handle = self._handle(p)
             stat = handle.stat()
+            if stat.zombie:
+                raise procfs.ZombieProcess(p.pid, "exited, not yet reaped")
             cmdline = handle.cmdline()
             cgroup = handle.cgroup() if self.details else p.cgroup
+            exe = handle.exe() if self.details and not p.names_read else p.exe
         except procfs.ProcessError as err:
             return self._ended_by(p, now, err)
         if not p.names_read:       # its exec'd program's names, first read
-            p.comm, p.cmdline, p.cgroup, p.names_read = stat.comm, cmdline, cgroup, True
-            if self.details:
-                p.exe = handle.exe()
+            p.comm, p.cmdline, p.cgroup, p.exe, p.names_read = stat.comm, cmdline, cgroup, exe, True
             return []
         if (stat.comm, cmdline, cgroup) == (p.comm, p.cmdline, p.cgroup):
             return []
@@ -647,7 +671,7 @@ class Tracker:
 
     def _same_start(self, pid, start):
         if start is None:
-            return True
+            return False    # never read: try it again
         try:
             handle = procfs.ProcDir(pid, start=start, root=self.proc_root)
         except procfs.ProcessError:

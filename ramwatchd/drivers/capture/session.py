@@ -122,7 +122,8 @@ class Capture:
         except procfs.ProcessError:
             raise TargetError(f"process {pid} exited before it could be attached") from None
         try:
-            self._probe_drivers(p.handle.environ())
+            if p.handle is not None:
+                self._probe_drivers(p.handle.environ())
         except procfs.ProcessError:
             pass
         self._apply(news)
