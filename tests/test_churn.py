@@ -54,6 +54,21 @@ def start_time(pid):
     return int(raw[raw.rindex(b")") + 2:].split()[19])
 
 
+def describe(pid):
+    """What the process on pid is now, and a second later."""
+    def now():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:60]
+        except OSError:
+            return "gone"
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return f"state {fields[0].decode()} ppid {int(fields[1])} {stat[:stat.index(b')') + 1].decode()} {cmdline!r}"
+    first = now()
+    time.sleep(1)
+    return f"{first}; a second later: {now()}"
+
+
 @pytest.fixture
 def tag():
     """A word unique to this test, to put in command lines; every process that
@@ -142,9 +157,11 @@ def folded_on_timeline(result):
 def assert_nothing_left(result, tag):
     """The program of `run` and everything it started is gone once ramwatchd has
     returned: no process of the capture lives on, nor any with its tag."""
-    alive = [p["pid"] for p in result["processes"]
+    alive = [p for p in result["processes"]
              if start_time(p["pid"]) is not None and abs(start_time(p["pid"]) - p["start"]) <= 1]
-    assert not alive, f"captured processes still running after the capture: {alive}"
+    assert not alive, "captured processes still running after the capture: " + "; ".join(
+        f"pid {p['pid']} ({p['comm']}, seen {p['first_seen']:.2f}s, ended {p['ended']!r}): {describe(p['pid'])}"
+        for p in alive)
     left = tagged_pids(tag)
     assert not left, (f"{len(left)} processes of the program still running after the capture, "
                       f"none of them in the capture: pids {left[:10]}...")
@@ -173,6 +190,12 @@ def test_fork_churn_under_run(tmp_path, tag):
     assert tag in root["cmdline"] and root["reconciliation"]["samples"] > 0
     assert_looked_reconciled(result)
     assert result["kernel_stats"]["events_lost"] == 0, result["kernel_stats"]
+
+    # The saved capture renders the summary printed live.
+    report = run_ramwatchd(["report", str(out)], timeout=60)
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+    live = done.stdout[done.stdout.index("\n== ramwatchd summary"):done.stdout.index("capture saved to")]
+    assert report.stdout == live
 
 
 def test_fork_churn_under_attach(tmp_path, tag, spawned):

@@ -42,11 +42,17 @@ class Classifier:
 
     def __init__(self, weight_patterns=DEFAULT_WEIGHT_PATTERNS):
         self.weight_patterns = tuple(weight_patterns)
+        self._weights = {}      # path -> is_weights(path)
 
     def is_weights(self, path):
-        name = os.path.basename(path)
-        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(path, p)
-                   for p in self.weight_patterns)
+        """Whether path is a model file; remembered, since a look asks for
+        every mapping of a process with hundreds of libraries."""
+        known = self._weights.get(path)
+        if known is None:
+            name = os.path.basename(path)
+            known = self._weights[path] = any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(path, p)
+                                              for p in self.weight_patterns)
+        return known
 
     def classify(self, vmas, pinned_allocations=()):
         """[Vma] in address order -> [class] of the same length.

@@ -116,23 +116,27 @@ def _look_once(proc, t, classifier, pinned, regions):
     classes = dict.fromkeys(CLASSES, 0)
     pss = dict.fromkeys(CLASSES, 0)
     objects = {}
+    seen = {}     # large range -> its resident bytes in this look
     for vma, cls in zip(vmas, vma_classes):
         classes[cls] += vma.rss
         pss[cls] += vma.pss
-        for part, name in _parts(proc, vma, cls, regions):
+        for part, name in _parts(proc, vma, cls, regions, seen):
             key = (cls, name)
             if key not in objects:
                 objects[key] = ObjectUsage(cls, name, dev=vma.dev, inode=vma.inode)
             objects[key].add(part, registered)
+    for region, resident in seen.items():
+        region.measured(t, resident)
     return Snapshot(t, after.vm_rss, before.vm_rss, after, stat, classes, pss, objects,
                     pinned.measure(vmas, vma_classes), time.monotonic() - started)
 
 
-def _parts(proc, vma, cls, regions):
+def _parts(proc, vma, cls, regions, seen):
     """A mapping's objects: its file; or for private anonymous memory, each
     large range an mm call made in it (a KV cache is not lumped with every
     other anonymous mapping), measured exactly, and the rest. The kernel merges
-    neighbouring anonymous mappings into one, so a range is rarely a mapping."""
+    neighbouring anonymous mappings into one, so a range is rarely a mapping.
+    seen sums each range's resident bytes over the mappings it spans."""
     if cls != ANON or regions is None:
         return [(vma, vma.path or "[anonymous]")]
     parts, rest = [], vma
@@ -141,6 +145,7 @@ def _parts(proc, vma, cls, regions):
         start, end = max(vma.start, region.start), min(vma.end, region.end)
         whole = start == vma.start and end == vma.end
         resident = vma.rss if whole else min(rest.rss, proc.resident(start, end) or 0)
+        seen[region] = seen.get(region, 0) + resident
         part = _share(vma, start, end, resident)
         parts.append((part, region.name))
         rest = _share(vma, vma.start, vma.start + rest.size - part.size, rest.rss - resident)

@@ -156,28 +156,49 @@ class Vma:
         return self.path[:-10] if self.path.endswith(" (deleted)") else self.path
 
 
-# smaps fields we keep, in bytes, and the Vma attribute each fills.
-_SMAPS_FIELDS = {b"Rss:": "rss", b"Pss:": "pss", b"Anonymous:": "anonymous", b"Swap:": "swap"}
-
-
 def parse_smaps(raw):
-    vmas = []
-    for line in raw.splitlines():
-        head = line.split(None, 1)[0] if line else b""
-        if head in _SMAPS_FIELDS:
-            setattr(vmas[-1], _SMAPS_FIELDS[head], int(line.split()[1]) << 10)
-        elif b"-" in head and not head.endswith(b":"):
-            vmas.append(_parse_vma_header(line))
-    return vmas
+    """Every mapping of an smaps text, with the fields ramwatchd keeps.
+
+    A record is its header line, one line a field, and VmFlags last. A look
+    at a server with a thousand mappings parses ~20,000 lines: bytes.find
+    jumps from field to field in C where a loop over lines would not."""
+    headers = _smaps_headers(raw)
+    fields = [_smaps_values(raw, name) for name in (b"\nRss:", b"\nPss:", b"\nAnonymous:", b"\nSwap:")]
+    if any(len(values) != len(headers) for values in fields):
+        raise ValueError("smaps: a field missing from some mapping")
+    return [_vma(header, *values) for header, *values in zip(headers, *fields)]
 
 
-def _parse_vma_header(line):
-    parts = line.split(None, 5)
+def _smaps_headers(raw):
+    out, pos = [], 0
+    while pos < len(raw):
+        out.append(raw[pos:raw.find(b"\n", pos)])
+        flags = raw.find(b"\nVmFlags:", pos)
+        if flags < 0:
+            break
+        pos = raw.find(b"\n", flags + 1) + 1
+        if pos == 0:
+            break
+    return out
+
+
+def _smaps_values(raw, name):
+    """The kB values of one field, in bytes, mapping by mapping."""
+    out, i = [], raw.find(name)
+    while i >= 0:
+        end = raw.find(b" kB", i)
+        out.append(int(raw[i + len(name):end]) << 10)
+        i = raw.find(name, end)
+    return out
+
+
+def _vma(header, rss, pss, anonymous, swap):
+    parts = header.split(None, 5)
     start, end = parts[0].split(b"-")
     major, minor = parts[3].split(b":")
     path = parts[5].decode(errors="replace") if len(parts) > 5 else ""
     return Vma(int(start, 16), int(end, 16), parts[1].decode(), int(parts[2], 16),
-               (int(major, 16), int(minor, 16)), int(parts[4]), path.rstrip("\n"))
+               (int(major, 16), int(minor, 16)), int(parts[4]), path, rss, pss, anonymous, swap)
 
 
 class ProcDir:

@@ -13,10 +13,17 @@ from dataclasses import dataclass
 
 from ..kernel.events import MAP_SHARED, Mmap, Mremap
 from ..units import fmt_bytes
+from .classes import DEVICE, FILE_CODE
 
 LARGE_BYTES = 64 << 20          # a range this large is measured and named on its own
-MEASURE_INTERVAL_S = 0.02       # a live large range is measured no more often than this
+# A large range is measured every MEASURE_INTERVAL_S while it is young: a
+# weights file mapped for half a second is seen at its highest. An old one
+# only every OLD_MEASURE_INTERVAL_S: looks at smaps measure it too.
+MEASURE_INTERVAL_S = 0.02
+YOUNG_S = 2.0
+OLD_MEASURE_INTERVAL_S = 1.0
 PAGE_BYTES = resource.getpagesize()
+UNMEASURED = {FILE_CODE, DEVICE}
 
 
 @dataclass(eq=False)
@@ -32,10 +39,21 @@ class Region:
     peak_t: float = None
     ended_at: float = None
     seen_by_look: bool = False
+    measured_at: float = -1e9
 
     @property
     def size(self):
         return self.end - self.start
+
+    def measure_due(self, now):
+        interval = MEASURE_INTERVAL_S if now - self.t < YOUNG_S else OLD_MEASURE_INTERVAL_S
+        return now - self.measured_at >= interval
+
+    def measured(self, now, resident):
+        """Its resident bytes at now (None: the kernel could not say)."""
+        self.measured_at = now
+        if resident is not None and resident > self.peak:
+            self.peak, self.peak_t = resident, now
 
     @property
     def large(self):
@@ -68,13 +86,14 @@ class Regions:
 
     def __init__(self):
         self.live = []
-        self.measured_at = -1e9
+        self._anonymous_cache = None
 
     def add(self, region):
         """A new range replaces whatever it overlaps (MAP_FIXED, or a reused
         address); returns the ranges that ended so."""
         ended = self.cut(region.start, region.end, region.t)
         self.live.append(region)
+        self._anonymous_cache = None
         return ended
 
     def cut(self, start, end, t):
@@ -95,10 +114,12 @@ class Regions:
                 # A hole in its middle: it keeps its bounds; the hole holds no pages.
                 kept.append(r)
         self.live = kept
+        self._anonymous_cache = None
         return ended
 
     def end_all(self, t):
         ended, self.live = self.live, []
+        self._anonymous_cache = None
         for r in ended:
             r.ended_at = t
         return ended
@@ -109,7 +130,19 @@ class Regions:
     def large(self):
         return [r for r in self.live if r.large]
 
+    def measured(self):
+        """The live large ranges worth measuring: not a library's code, whose
+        pages come and go with what the program calls."""
+        return [r for r in self.live if r.large and r.cls not in UNMEASURED]
+
     def anonymous_in(self, start, end):
-        """The large private anonymous ranges overlapping [start, end)."""
-        return [r for r in self.live
-                if r.large and not r.path and not r.shared and r.start < end and start < r.end]
+        """The large private anonymous ranges overlapping [start, end): asked
+        for every anonymous mapping at every look, so the few such ranges are
+        kept apart from the many small ones."""
+        return [r for r in self._large_anonymous if r.start < end and start < r.end]
+
+    @property
+    def _large_anonymous(self):
+        if self._anonymous_cache is None:
+            self._anonymous_cache = [r for r in self.live if r.large and not r.path and not r.shared]
+        return self._anonymous_cache

@@ -40,7 +40,7 @@ class LookPolicy:
     settle_delay: float = 0.2       # once more this long after movement stops
     min_age: float = 0.02           # not while an exec'd program is younger than this
     first_look_after: float = 1.0   # a process that never moves: its first look
-    rss_interval: float = 0.01      # its counters, on movement, no more often than this
+    rss_interval: float = 0.02      # its counters, on movement, no more often than this
 
     def interval(self, p):
         """A look that met the process mid-way through a large populate or
@@ -300,7 +300,7 @@ class Tracker:
             p.calls.sort(key=lambda c: c.ts_ns)
         news = self._track_regions(p, ev, t)
         if isinstance(ev, Mmap) and ev.prot & mmap.PROT_EXEC and not ev.anonymous and not self._young(p):
-            news += self._find_driver(p)    # a library's code: perhaps the CUDA driver
+            news += self._find_driver(p, ev)    # a library's code: perhaps the CUDA driver
         if not stale and self._wants_rss(p, ev.size):
             news += self._read_rss(p, self.clock.now())
         return news
@@ -336,16 +336,13 @@ class Tracker:
 
     def _measure_regions(self, p, now):
         """p's live large ranges, at most every MEASURE_INTERVAL_S: their peaks."""
-        large = p.regions.large()
-        if not large or now - p.regions.measured_at < regions.MEASURE_INTERVAL_S:
+        due = [r for r in p.regions.measured() if r.measure_due(now)]
+        if not due:
             return []
-        p.regions.measured_at = now
         try:
             handle = self._handle(p)
-            for r in large:
-                resident = handle.resident(r.start, r.end)
-                if resident is not None and resident > r.peak:
-                    r.peak, r.peak_t = resident, now
+            for r in due:
+                r.measured(now, handle.resident(r.start, r.end))
         except procfs.ProcessError as err:
             return self._ended_by(p, now, err)
         return []
@@ -428,16 +425,20 @@ class Tracker:
             pass
         return "?"
 
-    def _find_driver(self, p):
+    def _find_driver(self, p, call):
         """Probe the CUDA driver library p maps, if it maps one not probed yet.
-        Through /proc/PID/root, a container's own copy is reached too."""
+        The code just mapped is named by its map_files link, one readlink;
+        where the kernel merged it with a neighbour, by its maps. Through
+        /proc/PID/root, a container's own copy is reached too."""
         if p.driver_checked:
             return []
         try:
-            paths = {path for _, _, path in self._handle(p).maps() if cuda.is_driver(path)}
+            handle = self._handle(p)
+            path = handle.map_file(call.ret, call.ret + regions.pages(call.length))
+            paths = [path] if path is not None else [path for _, _, path in handle.maps()]
         except procfs.ProcessError:
             return []
-        return self._probe_drivers(p, paths)
+        return self._probe_drivers(p, {path for path in paths if cuda.is_driver(path)})
 
     def _probe_drivers(self, p, paths):
         news = []
@@ -565,7 +566,8 @@ class Tracker:
         for ch in diff(prev, snap, min_change):
             calls = p.calls
             if ch.delta > 0:    # the range it grew in may have been made looks ago
-                calls = calls + [r.call for r in p.regions.overlapping(ch.ranges) if r.call not in calls]
+                recent = {id(c) for c in calls}
+                calls = calls + [r.call for r in p.regions.overlapping(ch.ranges) if id(r.call) not in recent]
             cause, caused_at = explain(ch, calls, object_faults.get((ch.cls, ch.name), 0))
             out.append(Change(ch.cls, ch.name, ch.delta, ch.rss_after, cause,
                               None if caused_at is None else self.clock.of_kernel(caused_at)))
@@ -604,7 +606,7 @@ class Tracker:
         """mm calls the kernel counted instead of sending, per process."""
         news = []
         for pid, (calls, size) in self.kernel.drain_shed_calls().items():
-            p = self.alive.get(pid)
+            p = self.find(pid)
             if p is not None:
                 p.shed[0] += calls
                 p.shed[1] += size

@@ -217,10 +217,15 @@ def _health(result):
         share = result["own_cpu_s"] / result["run_s"]
         out.append(f"  ramwatchd's own CPU: {result['own_cpu_s']:.2f} s in {fmt_seconds(result['run_s'])} "
                    f"({share:.1%} of one core)")
-    stats = result["kernel_stats"]
+    stats = dict(result["kernel_stats"])
+    shed = stats.pop("calls_shed", 0)
     lost = {k: v for k, v in stats.items() if v}
     out.append("  kernel side: nothing dropped" if not lost else
-               "  kernel side dropped: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in lost.items()))
+               "  kernel side dropped: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in lost.items()))
+    if shed:
+        limit = result["options"].get("max_calls_per_s")
+        out.append(f"  mm calls counted in the kernel, not shown one by one (past {limit:,} a second a process): "
+                   f"{shed:,}")
     for o in result["oom"]:
         out.append(f"  OOM victim: pid {o['pid']} ({o['comm']}) at {o['t']:.2f}s"
                    + (" — a traced process" if o["traced"] else ""))

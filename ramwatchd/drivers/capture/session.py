@@ -28,7 +28,10 @@ from .timeline import Timeline
 
 POLL_MS = 50
 MIN_STEP_S = 0.01      # events that come faster are taken in batches, this often
+LOOK_SHARE = 0.03      # of one core: the CPU looks at smaps may take in all
+LOOK_BURST_S = 0.15    # and at once: a look at a server with a thousand mappings
 HOUSEKEEPING_S = 0.5
+FILES_INTERVAL_S = 2.0   # the page cache filled per file: thousands of entries in a server's start-up
 ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -97,6 +100,8 @@ class Capture:
         self.page_cache_filled = {}  # (dev, ino) -> (added, removed) bytes
         self.kernel_stats = {}
         self.shed = [0, 0]           # mm calls counted in the kernel, and their bytes
+        self._files_read = -1e9
+        self._look_budget, self._budget_at = LOOK_BURST_S, 0.0
         self.target = {}
         self.program = None
         self.exit_code = None
@@ -203,14 +208,26 @@ class Capture:
         self._take_phases(events)
         now = self.now()
         self._take_lines(now)
+        self._look_due(now)
+        self._apply(self.tracker.spikes(now))
+        self.timeline.flush(now)
+        time.sleep(max(0.0, MIN_STEP_S - (time.monotonic() - started)))
+
+    def _look_due(self, now):
+        """Look at the processes due, within the capture's CPU budget for looks:
+        a server's processes each have a thousand mappings, and reading their
+        smaps is most of what a capture costs."""
+        self._look_budget = min(LOOK_BURST_S, self._look_budget + (now - self._budget_at) * LOOK_SHARE)
+        self._budget_at = now
         due = self.tracker.due(now)
         if due:
             self.tracker.collect_faults(now)
         for p in due:
+            if self._look_budget <= 0:
+                return
+            spent = time.thread_time()
             self._apply(self.tracker.look(p, now, self.options.min_change))
-        self._apply(self.tracker.spikes(now))
-        self.timeline.flush(now)
-        time.sleep(max(0.0, MIN_STEP_S - (time.monotonic() - started)))
+            self._look_budget -= time.thread_time() - spent
 
     def _check_end(self, now):
         if self.options.duration is not None and now >= self.options.duration:
@@ -231,7 +248,7 @@ class Capture:
         for p in list(self.tracker.alive.values()):
             p.dirty = True
             self._apply(self.tracker.look(p, now, self.options.min_change))
-        self._housekeeping(now)
+        self._housekeeping(now, final=True)
         if self.program is not None:
             for p in list(self.tracker.alive.values()):
                 if p.pid != self.program.pid:
@@ -411,11 +428,13 @@ class Capture:
 
     # ---- periodic ----------------------------------------------------------
 
-    def _housekeeping(self, now):
+    def _housekeeping(self, now, final=False):
         self._apply(self.tracker.verify(now))
         self._apply(self.tracker.collect_shed())
-        self.page_cache_filled = self.probes.page_cache()
-        self._resolve_files()
+        if final or now - self._files_read >= FILES_INTERVAL_S:
+            self._files_read = now
+            self.page_cache_filled = self.probes.page_cache()
+            self._resolve_files()
         stats = self.probes.stats()
         lost = stats["events_lost"] - self.kernel_stats.get("events_lost", 0)
         if lost > 0:
