@@ -173,7 +173,7 @@ struct rss_step_event {
 };
 
 /* The start of a write to stdout or stderr by a traced process. */
-#define OUTPUT_BYTES 256
+#define OUTPUT_BYTES 512
 struct output_event {
 	struct event_head head;
 	u32 fd;

@@ -13,7 +13,7 @@ def causes(result, cls):
 
 
 def test_private_anonymous_mmap(capture):
-    result, _ = capture(["anon:256M", "sleep:0.3"])
+    result, _ = capture(["sleep:0.3", "anon:256M", "sleep:0.3"])
     p = process(result)
     assert_near(growth(p, "anon"), 256 * MiB, what="anon")
     assert "mmap 256.0 MiB RW- PRIVATE|ANON" in causes(result, "anon")
@@ -22,7 +22,7 @@ def test_private_anonymous_mmap(capture):
 
 
 def test_malloc_grows_the_heap_through_brk(capture):
-    result, _ = capture(["malloc:128M", "sleep:0.3"])
+    result, _ = capture(["sleep:0.3", "malloc:128M", "sleep:0.3"])
     p = process(result)
     assert_near(growth(p, "anon_heap"), 128 * MiB, what="anon_heap")
     assert "brk" in causes(result, "anon_heap")
@@ -40,7 +40,7 @@ def test_shared_anonymous_is_shm_anon_not_pinned(capture):
 
 def test_lazily_mapped_weights_half_touched(capture, tmp_path):
     weights = tmp_path / "model.safetensors"
-    result, _ = capture([f"weights:{weights}:256M:0.5", "sleep:0.3"])
+    result, _ = capture(["sleep:0.3", f"weights:{weights}:256M:0.5", "sleep:0.3"])
     p = process(result)
     assert_near(growth(p, "file_weights"), 128 * MiB, what="file_weights")
     f = next(f for f in result["files"] if f["path"] == str(weights))
@@ -89,7 +89,7 @@ def test_threads_are_the_process_not_children(capture):
     # 16 threads allocate, then a child is forked: the kernel skips threads by
     # their clone flags, so the only child is the forked one, and the threads'
     # memory is the process's own.
-    result, _ = capture(["threads:16:8M", "sleep:0.3", "fork:anon:32M,sleep:0.5", "wait"])
+    result, _ = capture(["sleep:0.3", "threads:16:8M", "sleep:0.3", "fork:anon:32M,sleep:0.5", "wait"])
     root, *children = result["processes"]
     assert len(children) == 1 and children[0]["ppid"] == root["pid"]
     assert [e["pid"] for e in result["timeline"] if e["kind"] == "fork"] == [children[0]["pid"]]
@@ -100,7 +100,7 @@ def test_threads_are_the_process_not_children(capture):
 
 
 def test_releases_by_madv_dontneed_and_munmap(capture):
-    result, _ = capture(["anon:256M", "sleep:0.3", "dontneed", "sleep:0.3",
+    result, _ = capture(["sleep:0.3", "anon:256M", "sleep:0.3", "dontneed", "sleep:0.3",
                          "anon:128M", "sleep:0.3", "unmap", "sleep:0.3"])
     released = [e for e in result["timeline"] if e["kind"] == "release" and e["cls"] == "anon"]
     assert_near(-sum(e["delta"] for e in released), 384 * MiB, what="released anon")

@@ -154,17 +154,23 @@ def folded_on_timeline(result):
     return sum(int(e["text"].split()[0]) for e in result["timeline"] if e["kind"] == "short-lived")
 
 
-def assert_nothing_left(result, tag):
+def assert_nothing_left(result, tag, grace=5.0):
     """The program of `run` and everything it started is gone once ramwatchd has
-    returned: no process of the capture lives on, nor any with its tag."""
-    alive = [p for p in result["processes"]
-             if start_time(p["pid"]) is not None and abs(start_time(p["pid"]) - p["start"]) <= 1]
+    returned: no process of the capture lives on, nor any with its tag. A
+    process signalled at the end may take a moment to die: grace seconds."""
+    def captured_alive():
+        return [p for p in result["processes"]
+                if start_time(p["pid"]) is not None and abs(start_time(p["pid"]) - p["start"]) <= 1]
+    deadline = time.monotonic() + grace
+    while (captured_alive() or tagged_pids(tag)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = captured_alive()
     assert not alive, "captured processes still running after the capture: " + "; ".join(
         f"pid {p['pid']} ({p['comm']}, seen {p['first_seen']:.2f}s, ended {p['ended']!r}): {describe(p['pid'])}"
         for p in alive)
     left = tagged_pids(tag)
-    assert not left, (f"{len(left)} processes of the program still running after the capture, "
-                      f"none of them in the capture: pids {left[:10]}...")
+    assert not left, (f"{len(left)} processes of the program still running {grace:g} s after the capture, "
+                      f"none of them in the capture: pids {left[:10]}...: {describe(left[0])}")
 
 
 # ---- 1, 2, 4: fork churn -------------------------------------------------------------
@@ -374,6 +380,13 @@ def metrics(d):
     return fetch(d.url)[1]
 
 
+def stopped_cleanly(d):
+    """SIGTERM ends the daemon with status 0, and it never logged a traceback."""
+    assert d.proc.poll() is None, d.output()[-4000:]
+    d.stop()
+    assert d.proc.returncode == 0 and "Traceback" not in d.output(), d.output()[-4000:]
+
+
 def wait_metrics(d, what, check, uid, timeout=60, poll=0.2):
     """The first /metrics text for which check(text) holds; on timeout, the
     series of this test's groups (their names hold uid) say what was there."""
@@ -443,7 +456,7 @@ def test_daemon_pid_reused_by_another_process(daemon, workloads, new):   # noqa:
     else:
         assert new_group not in groups_in(text)
     assert old_group not in groups_in(metrics(d))
-    assert "Traceback" not in d.output(), d.output()[-4000:]
+    stopped_cleanly(d)
 
 
 # ---- 8: renamed processes join their new group ------------------------------------------
@@ -515,4 +528,4 @@ def test_renamed_process_joins_its_new_group(daemon, workloads, spawned, tmp_pat
     assert {g for g in groups_in(text) if uid in g} == {group, f"test-seen{uid}"}, groups_in(text)
     wait_metrics(d, "the renamed process's figures",
                  lambda t: (value(t, "ramwatchd_resident_bytes", group=group) or 0) > 1 * MiB, uid)
-    assert "Traceback" not in d.output(), d.output()[-4000:]
+    stopped_cleanly(d)

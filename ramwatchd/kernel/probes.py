@@ -6,6 +6,7 @@ file, calls shed per process, what could not be recorded).
 import ctypes
 import os
 import re
+import threading
 import resource
 from dataclasses import dataclass
 from pathlib import Path

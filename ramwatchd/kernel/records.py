@@ -48,7 +48,7 @@ LAYOUTS = {
     15: ([("name", _chars(64))], events.Mark),
     16: ([("addr", _u64), ("size", _u64), ("flags", _u64), ("caller", _u64), ("result", _s64),
           ("call", _u32), ("symbol", _u32)], events.CudaCall),
-    17: ([("fd", _u32), ("pad", _u32), ("length", _u64), ("data", _bytes(256))], events.Output),
+    17: ([("fd", _u32), ("pad", _u32), ("length", _u64), ("data", _bytes(512))], events.Output),
 }
 
 _CODES = {_u32: "I", _u64: "Q", _s64: "q"}

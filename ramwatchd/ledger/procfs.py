@@ -280,6 +280,17 @@ class ProcDir:
                 raise _translate(err, self.pid, "map_files") from None
             return None
 
+    def fd_target(self, fd):
+        """The (device, inode) of what the process's file descriptor fd is (a
+        terminal, a pipe, a file), or None if it is not open or cannot be read."""
+        try:
+            st = os.stat(f"fd/{fd}", dir_fd=self.fd)
+            return st.st_dev, st.st_ino
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise _translate(err, self.pid, f"fd/{fd}") from None
+            return None
+
     def exe(self):
         """The executable's path; "" where the link cannot be read (a kernel
         thread, a zombie: ENOENT for both, or not allowed). Whether the process

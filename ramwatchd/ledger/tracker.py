@@ -416,6 +416,18 @@ class Tracker:
             pass
         p.names_read = True
 
+    def output_target(self, p, fd):
+        """What p's stdout or stderr (fd) writes to, or None if p is gone: a
+        helper whose output its parent reads writes to the parent's pipe, not
+        to the program's output."""
+        target = p.output_targets.get(fd)
+        if target is None:
+            try:
+                target = p.output_targets[fd] = self._handle(p).fd_target(fd)
+            except procfs.ProcessError:
+                return None
+        return target
+
     def _library_at(self, p, addr):
         try:
             for start, end, path in self._handle(p).maps():

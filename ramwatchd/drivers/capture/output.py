@@ -42,22 +42,25 @@ class Writers:
             lines.append(Line(pending[0], ev.pid, _text(text)))
             pending[0], pending[1] = t, rest
         if not ev.whole:
-            # Only the write's start was sent: the rest of it is unknown, so
-            # what we have is the line, and the next write starts a new one.
-            lines.append(Line(pending[0], ev.pid, _text(pending[1])))
+            # Only the write's start was sent; the next write starts after its
+            # unseen rest. A line begun in this write is cut short: if it is the
+            # write's only line, its start is all there is to name it by.
+            if not lines:
+                lines.append(Line(pending[0], ev.pid, _text(pending[1])))
             pending[1] = b""
         if not pending[1]:
             del self._pending[key]
         return [line for line in lines if line.text.strip()]
 
     def flush(self, now, final=False):
-        """Lines left without a newline for PARTIAL_LINE_S (all of them if final)."""
+        """(line, fd) of the lines left without a newline for PARTIAL_LINE_S
+        (all of them if final)."""
         out = []
         for key, (t, data) in list(self._pending.items()):
             if final or now - t >= PARTIAL_LINE_S:
                 del self._pending[key]
                 if data.strip():
-                    out.append(Line(t, key[0], _text(data)))
+                    out.append((Line(t, key[0], _text(data)), key[1]))
         return out
 
 

@@ -13,7 +13,7 @@ import re
 # "(EngineCore_DP0 pid=2771) INFO 12-01 20:33:41 [kv_cache_utils.py:2327] msg",
 # "INFO:root:msg", "[2026-12-01 20:33:41 TP0] msg", "2026-12-01 20:33:41,123 - x - INFO - msg"
 _LOG_PREFIX = re.compile(
-    r"^(?:\([\w:.\-]+ pid=\d+\)\s+)?"                               # vLLM's process tag
+    r"^(?:\([\w:.\-]+ pid=\d+\) )?"                               # vLLM's process tag
     r"(?:\[\d{4}-\d\d-\d\d[ T][\d:.,]+(?: [^\]]*)?\]\s*)?"            # SGLang's [time TPn]
     r"(?:\d{4}-\d\d-\d\d[ T][\d:.,]+\s*(?:-\s*[\w.]+\s*-\s*)?)?"      # logging's asctime - name -
     r"(?:(?:INFO|DEBUG|WARNING|WARN|ERROR|CRITICAL)[\s:]+(?:[\w.]+:)?\s*(?:-\s*)?)?"
@@ -46,7 +46,10 @@ class PhaseLines:
             return None
         if _NOISE.search(text):
             return None
-        message = _message(text)
+        body = _LOG_PREFIX.sub("", text, count=1)
+        if body[:1].isspace():
+            return None      # a continuation: a warning's source line, indented JSON, a wrapped message
+        message = body.strip()[:120]
         return message if any(c.isalnum() for c in message) else None
 
 

@@ -37,6 +37,19 @@ class Program:
         self.lines = queue.Queue()
         self._reader = None
 
+    def output_targets(self):
+        """The (device, inode) of where the program's stdout and stderr go: our
+        pipe, or (when its output is not read) where ours go."""
+        fds = [self.proc.stdout.fileno()] if self.proc.stdout is not None else [1, 2]
+        targets = set()
+        for fd in fds:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            targets.add((st.st_dev, st.st_ino))
+        return targets
+
     def go(self, clock):
         """Open the gate, and read the program's lines from now on, each with
         the moment it was read."""

@@ -93,6 +93,7 @@ class Capture:
         self.phase_lines = PhaseLines(options.phase_patterns)
         self.writers = Writers()
         self.pipe = PipeMatcher()
+        self.output_targets = set()  # where the program's stdout and stderr go
         self.oom = []
         self.mappings = []           # large ranges that ended, with their peaks
         self.drivers_probed = []     # (t, path, symbols)
@@ -126,6 +127,7 @@ class Capture:
             p, news = self.tracker.attach(pid, self.now())
         except procfs.ProcessError:
             raise TargetError(f"process {pid} exited before it could be attached") from None
+        self.output_targets = {self.tracker.output_target(p, fd) for fd in (1, 2)} - {None}
         try:
             if p.handle is not None:
                 self._probe_drivers(p.handle.environ())
@@ -156,6 +158,7 @@ class Capture:
         the program is seen from its first instruction."""
         self._probe_drivers(os.environ)
         self.program = Program(argv, os.environ, read_output=self.options.show_output)
+        self.output_targets = self.program.output_targets()
         self.target = {"command": list(argv), "children": True}
         self.probes.trace(self.program.pid)
         self.tracker.adopt(self.program.pid, self.now(), origin=FORKED)
@@ -269,11 +272,14 @@ class Capture:
                 self._on_phase(self.clock.of_kernel(ev.ts_ns), ev.pid, ev.name.strip(), "mark")
             elif kind is Output:
                 for line in self.writers.feed(ev, self.clock.of_kernel(ev.ts_ns)):
-                    self._on_line(line)
-        for line in self.writers.flush(self.now(), final=self._stop):
-            self._on_line(line)
+                    self._on_line(line, ev.fd)
+        for line, fd in self.writers.flush(self.now(), final=self._stop):
+            self._on_line(line, fd)
 
-    def _on_line(self, line):
+    def _on_line(self, line, fd):
+        p = self.tracker.find(line.pid)
+        if p is None or self.tracker.output_target(p, fd) not in self.output_targets:
+            return       # written where the program's output does not go: to a parent's pipe, say
         self.pipe.kernel_line(line)
         name = self.phase_lines.name(line.pid, line.text)
         if name:
