@@ -33,6 +33,7 @@ class Process:
     execs: list = field(default_factory=list)        # (t, filename)
     renames: list = field(default_factory=list)      # (t, old comm, new comm)
     rss: RssSeries = field(default_factory=RssSeries)
+    vm_hwm: int = 0            # the kernel's own high-water mark of its RSS, as last read
     # looks at smaps
     baseline: object = None    # the first look, for a process there at attach
     latest: object = None      # the last look; None again after an exec

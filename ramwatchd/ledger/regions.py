@@ -124,8 +124,13 @@ class Regions:
             r.ended_at = t
         return ended
 
-    def overlapping(self, ranges):
-        return [r for r in self.live if any(s < r.end and r.start < e for s, e in ranges)]
+    def making(self, name):
+        """The live large range an object of this name is: a file mapped, or
+        anonymous memory named after the call that made it."""
+        for r in reversed(self.live):
+            if r.large and r.name == name:
+                return r
+        return None
 
     def large(self):
         return [r for r in self.live if r.large]

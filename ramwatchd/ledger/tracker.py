@@ -242,6 +242,7 @@ class Tracker:
         p.comm = ev.comm
         p.cmdline = os.path.basename(ev.filename)
         p.rss.new_image()
+        p.vm_hwm = 0
         p.pinned.clear()
         p.driver_checked = False
         p.latest = None            # the next look is the new program's first: no releases
@@ -398,6 +399,7 @@ class Tracker:
         except procfs.ProcessError as err:
             return self._ended_by(p, now, err)
         p.last_status = now
+        p.vm_hwm = max(p.vm_hwm, status.vm_hwm)
         p.rss.add(now, status.vm_rss, status.rss_members)
         self._moved.add(p)
         if self.exact_rss:
@@ -556,6 +558,7 @@ class Tracker:
             p.faults_at_start = (minor, major)
         p.faults = (minor - p.faults_at_start[0], major - p.faults_at_start[1])
         p.rss.add(now, snap.vm_rss, snap.status.rss_members)
+        p.vm_hwm = max(p.vm_hwm, snap.status.vm_hwm)
         self._moved.add(p)
         # Movement below the kernel's step sends no event: after a look that
         # movement caused, one more once things are quiet.
@@ -577,9 +580,11 @@ class Tracker:
         out = []
         for ch in diff(prev, snap, min_change):
             calls = p.calls
-            if ch.delta > 0:    # the range it grew in may have been made looks ago
-                recent = {id(c) for c in calls}
-                calls = calls + [r.call for r in p.regions.overlapping(ch.ranges) if id(r.call) not in recent]
+            made = p.regions.making(ch.name) if ch.delta > 0 else None
+            if made is not None:
+                # The range it grew in may have been made looks ago; calls on
+                # its addresses before that were on something else.
+                calls = [made.call] + [c for c in calls if c is not made.call and c.ts_ns >= made.call.ts_ns]
             cause, caused_at = explain(ch, calls, object_faults.get((ch.cls, ch.name), 0))
             out.append(Change(ch.cls, ch.name, ch.delta, ch.rss_after, cause,
                               None if caused_at is None else self.clock.of_kernel(caused_at)))

@@ -137,13 +137,13 @@ def _peaks(result):
             where = ", ".join(f"{c} {fmt_bytes(v)}" for c, v in top if v)
         rows.append([str(p["pid"]), p["comm"][:15], fmt_bytes(peak["bytes"]), f"{peak['t']:.2f}s",
                      f"anon {fmt_bytes(peak['anon'])} file {fmt_bytes(peak['file'])} shmem {fmt_bytes(peak['shmem'])}",
-                     fmt_bytes(latest.get("vm_hwm", 0)), where])
+                     fmt_bytes(peak.get("vm_hwm") or latest.get("vm_hwm", 0)), where])
     how = ("exact, kept in the kernel" if result["options"].get("exact_rss")
            else "the kernel's counters, read each time they moved")
     return [_section(f"peak RSS ({how})"),
             _table(rows, ["pid", "comm", "peak", "at", "counters at peak", "VmHWM",
                           "largest look: top classes"]) if rows else "  none",
-            "  VmHWM is the kernel's own high-water mark since the process started."]
+            "  VmHWM is the kernel's own high-water mark since the program started, as last read."]
 
 
 def _spikes(result):
@@ -159,26 +159,28 @@ def _spikes(result):
 
 
 def _phases(result):
-    """Every phase something grew or was released in, in time order, with the
-    processes whose changes fell in it (a process that names no phase of its
-    own is in its parent's)."""
+    """Every phase something grew, was released, or came and went in (a large
+    mapping that lived between two looks), in time order, with the processes
+    whose changes fell in it (a process that names no phase of its own is in
+    its parent's)."""
     rows = {}
     for e in result["timeline"]:
-        if e["kind"] not in ("grow", "release"):
+        if e["kind"] not in ("grow", "release", "mapping"):
             continue
         key = (e.get("phase_t") is not None, e.get("phase_t") or 0.0, e["phase"] or "(before any phase)")
-        row = rows.setdefault(key, {"delta": 0, "pids": []})
-        row["delta"] += e["delta"]
+        row = rows.setdefault(key, {"delta": 0, "came_and_went": 0, "pids": []})
+        row["came_and_went" if e["kind"] == "mapping" else "delta"] += e["delta"]
         if e["pid"] not in row["pids"]:
             row["pids"].append(e["pid"])
     if not rows:
         return []
     writers = {(p["t"], p["name"]): p["pid"] for p in result["phases"]}
     table = [[f"{t:.2f}s" if named else "", str(writers.get((t, name), "")), name[:70],
-              ",".join(map(str, row["pids"])), fmt_bytes(row["delta"], True)]
+              ",".join(map(str, row["pids"])), fmt_bytes(row["delta"], True),
+              fmt_bytes(row["came_and_went"]) if row["came_and_went"] else ""]
              for (named, t, name), row in sorted(rows.items())]
     return [_section("growth by phase (in time order; phases are the lines each process printed, and marks)"),
-            _table(table, ["began", "named by", "phase", "pids", "change"])]
+            _table(table, ["began", "named by", "phase", "pids", "change", "came and went"])]
 
 
 def _shared(result):

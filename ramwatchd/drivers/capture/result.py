@@ -40,11 +40,11 @@ def _pinned(snap):
              "flags": r.flags, "t": r.t} for r, mapped, resident, classes in (snap.pinned if snap else [])]
 
 
-def _peak(peak):
+def _peak(peak, vm_hwm):
     if peak is None:
         return None
     return {"bytes": peak.bytes, "t": peak.t, "file": peak.members[0], "anon": peak.members[1],
-            "shmem": peak.members[3]}
+            "shmem": peak.members[3], "vm_hwm": vm_hwm}
 
 
 def _process(p):
@@ -55,7 +55,7 @@ def _process(p):
         "renames": [{"t": t, "old": old, "new": new} for t, old, new in p.renames],
         "baseline": _snapshot(p.baseline), "latest": _snapshot(p.latest), "largest": _snapshot(p.largest),
         "objects_latest": _objects(p.latest), "objects_largest": _objects(p.largest),
-        "peak": _peak(p.rss.peak),
+        "peak": _peak(p.rss.peak, p.vm_hwm),
         "faults": {"minor": p.faults[0], "major": p.faults[1]},
         "pinned_latest": _pinned(p.latest),
         "pinned_largest": _pinned(p.largest),

@@ -37,8 +37,8 @@ import sys
 import threading
 import time
 
-from . import mark
-from .units import parse_bytes
+from .. import mark
+from ..units import parse_bytes
 
 PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -256,7 +256,3 @@ def main(argv):
         return 0 if argv else 2
     Workload().run(argv)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
