@@ -60,6 +60,21 @@ static __always_inline void send(void *record, u32 size)
 		stat_inc(STAT_EVENTS_LOST);
 }
 
+/* malloc moves the break in small steps, thousands a second while a program
+ * starts: brk is sent only once the break moved MIN_SYSCALL_BYTES since the
+ * last one sent, as the other calls are sent only from that size. */
+static __always_inline bool brk_moved(u32 tgid, s64 brk)
+{
+	struct proc_state *st = find_state(tgid);
+	if (!st)
+		return false;
+	s64 moved = brk - (s64)st->brk_sent;
+	if (st->brk_sent && moved < MIN_SYSCALL_BYTES && moved > -(s64)MIN_SYSCALL_BYTES)
+		return false;
+	st->brk_sent = brk;
+	return true;
+}
+
 /* Complete the thread's kept call with its result and send it, timed at
  * the exit: the moment the mapping exists (or is gone). */
 static __always_inline void call_exit(s64 ret)
@@ -84,7 +99,8 @@ static __always_inline void call_exit(s64 ret)
 		break;
 	case EV_BRK:
 		call->brk.ret = ret;
-		send(call, sizeof(call->brk));
+		if (brk_moved(call->head.tgid, ret))
+			send(call, sizeof(call->brk));
 		break;
 	case EV_MADVISE:
 		call->madvise.ret = ret;

@@ -230,6 +230,7 @@ struct proc_state {
 	u64 window_ns;           /* start of the current second of mm calls sent */
 	u64 window_calls;        /* mm calls sent in it */
 	u64 window_large_calls;  /* ... of LARGE_CALL_BYTES or more */
+	u64 brk_sent;            /* the break at the last brk sent */
 	u64 writes_window_ns;    /* the same for writes to stdout and stderr */
 	u64 window_writes;
 	/* EXACT_RSS only: */

@@ -34,7 +34,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	/* A new mm: its counters start over, and its first pages were counted
 	 * while the old mm was current, so none is known yet. */
 	__builtin_memset(st->rss, 0, sizeof(st->rss));
-	st->known = st->peak = st->last_step = 0;
+	st->known = st->peak = st->last_step = st->brk_sent = 0;
 	st->last_step_ns = bpf_ktime_get_ns();
 	struct exec_event *e = new_event(EV_EXEC, sizeof(*e));
 	if (!e)

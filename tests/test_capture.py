@@ -2,10 +2,11 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
-from conftest import RAMWATCHD, MiB, assert_near, assert_reconciled, growth, process
+from conftest import RAMWATCHD, MiB, assert_near, assert_reconciled, growth, process, run_ramwatchd
 
 
 def causes(result, cls):
@@ -176,3 +177,73 @@ def test_process_exiting_mid_capture_ends_it_cleanly(workload, tmp_path):
     stdout = attach(proc.pid, go, "--duration", "60")
     assert "ended: every traced process exited" in stdout
     assert "ramwatchd summary" in stdout
+
+
+@pytest.mark.parametrize("mode", [[], ["--exact-rss"]], ids=["counters-read-on-change", "exact-rss"])
+def test_a_child_that_grows_steadily_has_no_spike_and_its_own_peak(capture, mode):
+    # The child's counters start as a copy of its parent's; nothing of that
+    # copy may pass for a rise and fall, in either RSS mode.
+    result, _ = capture(["sleep:0.3", "anon:64M", "fork:sleep:0.2,anon:400M,sleep:0.5", "wait"], *mode)
+    assert result["spikes"] == [] and not [e for e in result["timeline"] if e["kind"] == "spike"]
+    root, child = result["processes"][:2]
+    assert child["ppid"] == root["pid"]
+    assert_near(child["peak"]["bytes"], 464 * MiB + (child["history"][0]["vm_rss"] - 64 * MiB), rel=0.1,
+                what="the child's peak")
+    assert child["peak"]["bytes"] <= child["peak"]["vm_hwm"] + 4 * MiB
+
+
+@pytest.mark.parametrize("mode", [[], ["--exact-rss"]], ids=["counters-read-on-change", "exact-rss"])
+def test_a_helper_forked_and_execd_has_its_own_peak(capture, mode):
+    # A 300 MiB parent forks and execs a program that lives long enough to be
+    # listed: its peak is its own, not the parent's copy.
+    result, _ = capture(["sleep:0.3", "anon:300M", "run:sleep 1.5", "sleep:0.2"], *mode)
+    shell = next(p for p in result["processes"] if p["comm"] == "sleep")
+    assert shell["execs"] and shell["peak"]["bytes"] < 32 * MiB, shell["peak"]
+    assert not [e for e in result["timeline"] if e["kind"] == "release" and e["pid"] == shell["pid"]]
+    assert result["spikes"] == []
+    assert_reconciled(result)
+
+
+LOGS = r"""
+import mmap, sys, time
+def say(text): sys.stdout.write(text + "\n"); sys.stdout.flush()
+time.sleep(0.3)
+say("(Worker pid=1) INFO 12-01 20:33:41 [loader.py:12] Loading weights from disk")
+m = mmap.mmap(-1, 128 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for off in range(0, 128 << 20, 4096): m[off] = 1
+say("/x/y.py:3: UserWarning: something odd")
+say("  warnings.warn(something)")
+say("Traceback (most recent call last):")
+say('  File "x.py", line 1, in <module>')
+say("ValueError: not a phase")
+say(" 45%|####      | 45/100 [00:01<00:02, 30.1it/s]")
+time.sleep(0.5)
+"""
+
+
+def test_phases_are_messages_not_log_noise(tmp_path):
+    out = tmp_path / "capture.json"
+    proc = run_ramwatchd(["run", "--json", str(out), "--", sys.executable, "-c", LOGS])
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert [p["name"] for p in result["phases"]] == ["Loading weights from disk"]
+    grew = [e for e in result["timeline"] if e["kind"] == "grow" and e["cls"] == "anon"]
+    assert grew and {e["phase"] for e in grew} == {"Loading weights from disk"}
+    # Every line is shown, noise too; only phases are chosen.
+    assert "ValueError: not a phase" in proc.stdout
+
+
+def test_chosen_lines_mark_phases(tmp_path):
+    out = tmp_path / "capture.json"
+    proc = run_ramwatchd(["run", "--quiet", "--phase", "Traceback|ValueError", "--json", str(out), "--",
+                          sys.executable, "-c", LOGS])
+    assert proc.returncode == 0, proc.stderr
+    names = [p["name"] for p in json.loads(out.read_text())["phases"]]
+    assert names == ["Traceback (most recent call last):", "ValueError: not a phase"], names
+
+
+def test_quiet_hides_the_timeline_not_the_program(tmp_path):
+    proc = run_ramwatchd(["run", "--quiet", "--", sys.executable, "-c", "print('hello from the program')"])
+    assert proc.returncode == 0, proc.stderr
+    assert "hello from the program" in proc.stdout
+    assert "| hello" not in proc.stdout and "== ramwatchd summary" in proc.stdout

@@ -69,6 +69,12 @@ def describe(pid):
     return f"{first}; a second later: {now()}"
 
 
+def same_process(pid, start):
+    """Is the process that started at start (a capture's tick count) still on pid?"""
+    now = start_time(pid)
+    return now is not None and abs(now - start) <= 1
+
+
 @pytest.fixture
 def tag():
     """A word unique to this test, to put in command lines; every process that
@@ -159,8 +165,7 @@ def assert_nothing_left(result, tag, grace=5.0):
     returned: no process of the capture lives on, nor any with its tag. A
     process signalled at the end may take a moment to die: grace seconds."""
     def captured_alive():
-        return [p for p in result["processes"]
-                if start_time(p["pid"]) is not None and abs(start_time(p["pid"]) - p["start"]) <= 1]
+        return [p for p in result["processes"] if same_process(p["pid"], p["start"])]
     deadline = time.monotonic() + grace
     while (captured_alive() or tagged_pids(tag)) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -57,6 +57,7 @@ class Process:
     fault_classes: dict = field(default_factory=dict)    # class -> sampled faults, attributed
     pinned: PinnedTable = field(default_factory=PinnedTable)
     regions: Regions = field(default_factory=Regions)   # the ranges its mm calls made
+    rss_at_measure: int = -1   # its RSS when its large ranges were last measured
     output_targets: dict = field(default_factory=dict)   # fd -> what it writes to (1 and 2)
     driver_checked: bool = False   # its maps were searched for the CUDA driver since its exec
     watched: bool = True           # the daemon looks only at processes in a group

@@ -8,18 +8,22 @@ while it lives, cheaply (procfs.ProcDir.resident walks only its pages), so a
 weights file mapped for half a second in a process whose smaps takes 90 ms to
 read is seen at its highest, whatever the looks saw.
 """
+import bisect
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..kernel.events import MAP_SHARED, Mmap, Mremap
 from ..units import fmt_bytes
 from .classes import DEVICE, FILE_CODE
 
 LARGE_BYTES = 64 << 20          # a range this large is measured and named on its own
-# A large range is measured every MEASURE_INTERVAL_S while it is young: a
-# weights file mapped for half a second is seen at its highest. An old one
-# only every OLD_MEASURE_INTERVAL_S: looks at smaps measure it too.
+# A large range is measured often while it is young, so that a weights file
+# mapped for half a second is seen at its highest: every MEASURE_INTERVAL_S,
+# or for a larger one every MEASURE_BYTES_PER_S of its size (the scan walks
+# its every page; memory fills at ~1 GiB/s, so 10 % of it a measure). An old
+# one only every OLD_MEASURE_INTERVAL_S: looks at smaps measure it too.
 MEASURE_INTERVAL_S = 0.02
+MEASURE_BYTES_PER_S = 10 << 30
 YOUNG_S = 2.0
 OLD_MEASURE_INTERVAL_S = 1.0
 PAGE_BYTES = resource.getpagesize()
@@ -40,13 +44,20 @@ class Region:
     ended_at: float = None
     seen_by_look: bool = False
     measured_at: float = -1e9
+    size_made: int = field(default=0, init=False)   # its size when made: its name keeps it
+
+    def __post_init__(self):
+        self.size_made = self.end - self.start
 
     @property
     def size(self):
         return self.end - self.start
 
     def measure_due(self, now):
-        interval = MEASURE_INTERVAL_S if now - self.t < YOUNG_S else OLD_MEASURE_INTERVAL_S
+        if now - self.t >= YOUNG_S:
+            interval = OLD_MEASURE_INTERVAL_S
+        else:
+            interval = max(MEASURE_INTERVAL_S, self.size / MEASURE_BYTES_PER_S)
         return now - self.measured_at >= interval
 
     def measured(self, now, resident):
@@ -57,14 +68,14 @@ class Region:
 
     @property
     def large(self):
-        return self.size >= LARGE_BYTES
+        return self.size_made >= LARGE_BYTES
 
     @property
     def name(self):
         """Its object name in a look: the file, or what made anonymous memory."""
         if self.path:
             return self.path
-        return f"[anon {self.call.what().split(' ')[0]} {fmt_bytes(self.size)} @ {self.t:.2f}s]"
+        return f"[anon {self.call.what().split(' ')[0]} {fmt_bytes(self.size_made)} @ {self.t:.2f}s]"
 
 
 def made_by(call, t):
@@ -82,25 +93,36 @@ def pages(length):
 
 
 class Regions:
-    """One process's live ranges, in the order they were made."""
+    """One process's live ranges. They never overlap (a new range replaces
+    what it overlaps), so they are kept sorted by address: a process makes
+    thousands, and each call looks up the few it touches."""
 
     def __init__(self):
-        self.live = []
+        self._starts = []
+        self._ranges = []
         self._anonymous_cache = None
+
+    @property
+    def live(self):
+        return list(self._ranges)
 
     def add(self, region):
         """A new range replaces whatever it overlaps (MAP_FIXED, or a reused
         address); returns the ranges that ended so."""
         ended = self.cut(region.start, region.end, region.t)
-        self.live.append(region)
+        i = bisect.bisect_left(self._starts, region.start)
+        self._starts.insert(i, region.start)
+        self._ranges.insert(i, region)
         self._anonymous_cache = None
         return ended
 
     def cut(self, start, end, t):
         """[start, end) is unmapped: ranges wholly inside end; those it only
         overlaps shrink. Returns the ranges that ended."""
+        first = max(0, bisect.bisect_right(self._starts, start) - 1)
+        last = bisect.bisect_left(self._starts, end)
         ended, kept = [], []
-        for r in self.live:
+        for r in self._ranges[first:last]:
             if r.end <= start or end <= r.start:
                 kept.append(r)
             elif start <= r.start and r.end <= end:
@@ -113,12 +135,14 @@ class Regions:
                     r.end = start          # its upper end
                 # A hole in its middle: it keeps its bounds; the hole holds no pages.
                 kept.append(r)
-        self.live = kept
-        self._anonymous_cache = None
+        if ended or kept != self._ranges[first:last]:
+            self._ranges[first:last] = kept
+            self._starts[first:last] = [r.start for r in kept]
+            self._anonymous_cache = None
         return ended
 
     def end_all(self, t):
-        ended, self.live = self.live, []
+        ended, self._ranges, self._starts = self._ranges, [], []
         self._anonymous_cache = None
         for r in ended:
             r.ended_at = t
@@ -127,18 +151,18 @@ class Regions:
     def making(self, name):
         """The live large range an object of this name is: a file mapped, or
         anonymous memory named after the call that made it."""
-        for r in reversed(self.live):
+        for r in self._ranges:
             if r.large and r.name == name:
                 return r
         return None
 
     def large(self):
-        return [r for r in self.live if r.large]
+        return [r for r in self._ranges if r.large]
 
     def measured(self):
         """The live large ranges worth measuring: not a library's code, whose
         pages come and go with what the program calls."""
-        return [r for r in self.live if r.large and r.cls not in UNMEASURED]
+        return [r for r in self._ranges if r.large and r.cls not in UNMEASURED]
 
     def anonymous_in(self, start, end):
         """The large private anonymous ranges overlapping [start, end): asked
@@ -149,5 +173,5 @@ class Regions:
     @property
     def _large_anonymous(self):
         if self._anonymous_cache is None:
-            self._anonymous_cache = [r for r in self.live if r.large and not r.path and not r.shared]
+            self._anonymous_cache = [r for r in self._ranges if r.large and not r.path and not r.shared]
         return self._anonymous_cache

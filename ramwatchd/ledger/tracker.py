@@ -29,6 +29,7 @@ BIG_CALL_BYTES = 64 << 20   # a call this large reads the counters whatever the 
 MAX_CALLS_KEPT = 4096       # per process between two looks; the largest are kept
 RENAME_HOLD_NS = 50_000_000
 VANISHED_GRACE_S = 1.0      # a process found gone is ended then if no exit event came
+REGION_MOVE_BYTES = 1 << 20 # a process's large ranges are measured again once its RSS moved this much
 FAULTS_INTERVAL_S = 0.1     # the kernel's fault samples are taken no more often
 
 
@@ -336,10 +337,13 @@ class Tracker:
         return ""
 
     def _measure_regions(self, p, now):
-        """p's live large ranges, at most every MEASURE_INTERVAL_S: their peaks."""
+        """p's live large ranges, when due and p's memory moved since: their peaks."""
+        if abs(p.rss.last - p.rss_at_measure) < REGION_MOVE_BYTES:
+            return []
         due = [r for r in p.regions.measured() if r.measure_due(now)]
         if not due:
             return []
+        p.rss_at_measure = p.rss.last
         try:
             handle = self._handle(p)
             for r in due:

@@ -24,6 +24,7 @@ Steps (sizes take units: 256M, 1G):
     ready:PATH            create PATH (tests wait for it) and go on
     await:PATH            wait until PATH exists (tests create it)
     tag:NAME              nothing: a word in the command line to match the process by
+    run:CMD ARGS          run a command (fork and exec) and wait for it
     load:LIB              load the CUDA driver library LIB (a name or a path)
     pin:LIB:SIZE          cuMemHostAlloc(SIZE) from the CUDA driver library LIB
     register:LIB:NAME:SIZE  create /dev/shm/NAME, map it and cuMemHostRegister_v2 it
@@ -226,6 +227,9 @@ class Workload:
 
     def do_tag(self, _):
         pass
+
+    def do_run(self, arg):
+        subprocess.run(arg.split(), check=True)
 
     def do_await(self, arg):
         while not os.path.exists(arg):

@@ -4,7 +4,8 @@ tests and the benchmarks capture when they need a real server's process tree.
     python -m ramwatchd.workloads.engine --weights PATH [--weights-size 256M] [--kv 1G]
 
 A launcher starts an engine by multiprocessing spawn; the engine starts a
-worker the same way. Both rename themselves after start (comm by prctl,
+worker the same way. With --imports, each first spends that long growing its
+heap in small steps, as importing torch and vLLM does. Both rename themselves after start (comm by prctl,
 command line by rewriting argv, as setproctitle does), share a /dev/shm
 segment, and fork short helpers (uname, sh -c lscpu) while they start. The
 worker grows ~1,000 mappings, maps the weights file for a moment while it
@@ -90,9 +91,28 @@ def load_weights(path, size):
     return tensors
 
 
+def imports(seconds):
+    """What importing torch and vLLM looks like from the kernel, for `seconds`:
+    the heap grows by brk in small steps, and libraries' pages fault in."""
+    if seconds <= 0:
+        return []
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    blocks, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(64):                       # 4 MiB of 64 KiB blocks, from the heap
+            block = libc.malloc(64 << 10)
+            ctypes.memset(block, 1, 64 << 10)
+            blocks.append(block)
+        time.sleep(0.05)
+    return blocks
+
+
 def worker(args):
     rename("VLLM::Worker")
     shared = segment(create=False)
+    imported = imports(args.imports)
     helpers()
     log("Worker", "Starting to load model")
     keep = small_mappings(SMALL_MAPPINGS)
@@ -105,19 +125,20 @@ def worker(args):
     time.sleep(args.serve)
     kv.close()
     log("Worker", "KV cache released")
-    del keep, weights, shared
+    del keep, weights, shared, imported
 
 
 def engine(args):
     rename("VLLM::EngineCore")
     shared = segment(create=True)
+    imported = imports(args.imports)
     helpers()
     log("EngineCore", "Initializing a V1 LLM engine")
     proc = multiprocessing.get_context("spawn").Process(target=worker, args=(args,))
     proc.start()
     proc.join()
     log("EngineCore", "Engine core shut down")
-    del shared
+    del shared, imported
     os.unlink(f"/dev/shm/{SEGMENT}")
 
 
@@ -135,6 +156,9 @@ def main(argv=None):
     p.add_argument("--weights-size", type=parse_bytes, default="256M")
     p.add_argument("--kv", type=parse_bytes, default="1G", help="the KV cache's size")
     p.add_argument("--serve", type=float, default=1.0, help="seconds the engine serves before it stops")
+    p.add_argument("--imports", type=float, default=0.0,
+                   help="seconds each of the engine and the worker spends importing, as vLLM does for "
+                        "~15 s (default 0: straight to work)")
     args = p.parse_args(argv)
     make_weights(args.weights, args.weights_size)
     log("MainProcess", "Starting the engine")

@@ -27,9 +27,9 @@ from .program import Program, TargetError
 from .timeline import Timeline
 
 POLL_MS = 50
-MIN_STEP_S = 0.01      # events that come faster are taken in batches, this often
-LOOK_SHARE = 0.03      # of one core: the CPU looks at smaps may take in all
-LOOK_BURST_S = 0.15    # and at once: a look at a server with a thousand mappings
+MIN_STEP_S = 0.02      # events that come faster are taken in batches, this often
+LOOK_SHARE = 0.02      # of one core: the CPU looks at smaps may take in all
+LOOK_BURST_S = 0.1     # and at once: a look at a server with a thousand mappings
 HOUSEKEEPING_S = 0.5
 FILES_INTERVAL_S = 2.0   # the page cache filled per file: thousands of entries in a server's start-up
 ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -40,7 +40,7 @@ class CaptureOptions:
     children: bool = False
     duration: float = None
     min_change: int = 8 << 20        # smaller moves of one object stay off the timeline
-    refresh_interval: float = 0.1    # a process's smaps is read no more often than this
+    refresh_interval: float = 0.25   # a process's smaps is read no more often than this
     spike_min_rise: int = DEFAULT_MIN_RISE
     spike_max_hold_s: float = DEFAULT_MAX_HOLD_S
     probe: ProbeOptions = field(default_factory=ProbeOptions)
