@@ -26,6 +26,8 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 	if (!st || ++st->faults % FAULT_SAMPLE_PERIOD)
 		return 0;
 	count_fault(tgid, ctx->args[0]);
+	if (STACKS && (st->faults / FAULT_SAMPLE_PERIOD) % FAULT_STACK_PERIOD == 0)
+		send_stack(ctx, ctx->args[0]);
 	if (RSS_FROM_FAULTS) {
 		st->changes += FAULT_SAMPLE_PERIOD;
 		rss_moved(st);
@@ -51,7 +53,11 @@ RAW_TRACEPOINT_PROBE(page_fault_kernel)
 int on_fault_sample(struct bpf_perf_event_data *ctx)
 {
 	u32 tgid = current_tgid();
-	if (is_traced(tgid))
-		count_fault(tgid, ctx->addr);
+	struct proc_state *st = traced_state(tgid);
+	if (!st)
+		return 0;
+	count_fault(tgid, ctx->addr);
+	if (STACKS && ++st->faults % FAULT_STACK_PERIOD == 0)
+		send_stack(ctx, ctx->addr);
 	return 0;
 }

@@ -77,12 +77,18 @@ static __always_inline bool brk_moved(u32 tgid, s64 brk)
 
 /* Complete the thread's kept call with its result and send it, timed at
  * the exit: the moment the mapping exists (or is gone). */
-static __always_inline void call_exit(s64 ret)
+static __always_inline void call_exit(void *ctx, s64 ret)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	union mm_call *call = inflight.lookup(&tid);
 	if (!call)
 		return;
+	if (call->head.kind == EV_BRK && !brk_moved(call->head.tgid, ret)) {
+		inflight.delete(&tid);
+		return;
+	}
+	if (STACKS)
+		send_stack(ctx, 0);     /* just before the call: user space pairs them by thread */
 	call->head.ts_ns = bpf_ktime_get_ns();
 	switch (call->head.kind) {
 	case EV_MMAP:
@@ -99,8 +105,7 @@ static __always_inline void call_exit(s64 ret)
 		break;
 	case EV_BRK:
 		call->brk.ret = ret;
-		if (brk_moved(call->head.tgid, ret))
-			send(call, sizeof(call->brk));
+		send(call, sizeof(call->brk));
 		break;
 	case EV_MADVISE:
 		call->madvise.ret = ret;
@@ -136,7 +141,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
 	keep_call(st, &call, EV_MMAP, args->len);
 	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_mmap) { call_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_mmap) { call_exit(args, args->ret); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
 {
@@ -149,7 +154,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
 	keep_call(st, &call, EV_MUNMAP, args->len);
 	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_munmap) { call_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_munmap) { call_exit(args, args->ret); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
 {
@@ -164,7 +169,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
 	keep_call(st, &call, EV_MREMAP, args->new_len);
 	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_mremap) { call_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_mremap) { call_exit(args, args->ret); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_brk)
 {
@@ -176,7 +181,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_brk)
 	keep_call(st, &call, EV_BRK, 0);
 	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_brk) { call_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_brk) { call_exit(args, args->ret); return 0; }
 
 /* madvise(name, 0, MADV_NORMAL) is a no-op for the kernel and ramwatchd's
  * phase mark: any program can make it, with or without ramwatchd running. */
@@ -209,7 +214,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
 	keep_call(st, &call, EV_MADVISE, args->len_in);
 	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_madvise) { call_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_madvise) { call_exit(args, args->ret); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_shmat)
 {
@@ -223,7 +228,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_shmat)
 	keep_call(st, &call, EV_SHMAT, 0);
 	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_shmat) { call_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_shmat) { call_exit(args, args->ret); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_shmdt)
 {
@@ -235,7 +240,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_shmdt)
 	keep_call(st, &call, EV_SHMDT, 0);
 	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_shmdt) { call_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_shmdt) { call_exit(args, args->ret); return 0; }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create)
 {
@@ -248,4 +253,4 @@ TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create)
 	keep_call(st, &call, EV_MEMFD_CREATE, 0);
 	return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_memfd_create) { call_exit(args->ret); return 0; }
+TRACEPOINT_PROBE(syscalls, sys_exit_memfd_create) { call_exit(args, args->ret); return 0; }

@@ -18,6 +18,8 @@
  *   LARGE_CALL_BYTES       calls this large have a rate of their own
  *   MAX_WRITES_PER_S       a process's writes to stdout/stderr beyond this rate are not sent
  *   FAULT_SAMPLE_PERIOD    one fault in this many is counted per (tgid, region)
+ *   STACKS                 send the stacks behind mm calls and sampled faults (captures)
+ *   FAULT_STACK_PERIOD     with STACKS: one sampled fault in this many sends its stacks
  *   FAULT_REGION_SHIFT     fault samples are counted per (tgid, addr >> shift)
  *   PAGE_BYTES             the page size
  *   HAVE_EXIT_GROUP_DEAD   sched_process_exit has group_dead (kernel >= 6.7)
@@ -28,6 +30,7 @@
 #include "ramwatchd.h"
 #include "traced.bpf.h"
 #include "rss.bpf.c"
+#include "stacks.bpf.c"
 #include "faults.bpf.c"
 #include "mm_calls.bpf.c"
 #include "output.bpf.c"

@@ -26,6 +26,7 @@ enum event_kind {
 	EV_MARK,
 	EV_CUDA_CALL,
 	EV_OUTPUT,
+	EV_STACK,
 };
 
 struct event_head {
@@ -180,6 +181,46 @@ struct output_event {
 	u32 pad;
 	u64 length;             /* bytes written; data holds the first OUTPUT_BYTES */
 	char data[OUTPUT_BYTES];
+};
+
+/* ---- stacks: the code behind a call or a fault ---------------------------- */
+
+/* Where a process's CPython interpreter is and how its structs are laid out:
+ * found by user space (ramwatchd/ledger/python.py), per process. Offsets are
+ * bytes into the struct named; -1 where the version has no such field. */
+struct py_layout {
+	u64 runtime;                    /* the address of _PyRuntime */
+	s32 runtime_interpreters_head;  /* -> the main PyInterpreterState */
+	s32 interp_threads_head;        /* -> its first PyThreadState */
+	s32 tstate_next;
+	s32 tstate_native_thread_id;
+	s32 tstate_cframe;              /* 3.11, 3.12: -> _PyCFrame; -1 from 3.13 */
+	s32 current_frame;              /* in the _PyCFrame, or (3.13+) the thread state */
+	s32 frame_previous;
+	s32 frame_code;
+	s32 frame_instr;
+};
+
+#define PY_FRAMES 32
+#define PY_THREADS 64
+
+struct py_frame {
+	u64 code;                       /* PyCodeObject * */
+	u64 instr;                      /* the instruction it is at */
+};
+
+enum stack_status { STACK_OK, STACK_NO_PYTHON, STACK_NO_THREAD, STACK_UNREADABLE, STACK_DEEPER };
+
+/* The stack of the thread that made the mm call sent next by that thread
+ * (fault_addr 0), or that took a sampled page fault at fault_addr. */
+struct stack_event {
+	struct event_head head;
+	u64 fault_addr;
+	s32 native_stack;               /* an id in native_stacks, or < 0 */
+	u32 depth;                      /* Python frames in frames[] */
+	u32 status;                     /* enum stack_status */
+	u32 pad;
+	struct py_frame frames[PY_FRAMES];
 };
 
 /* madvise(name, 0, MADV_NORMAL): a phase mark. */

@@ -5,7 +5,7 @@ kernel stage sees a raw record.
 """
 import enum
 import mmap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..units import fmt_bytes
 
@@ -41,8 +41,10 @@ def map_names(flags):
 
 @dataclass(frozen=True, slots=True)
 class MmCall(Event):
-    """An mm syscall, sent at its exit with its result."""
+    """An mm syscall, sent at its exit with its result; with --stacks, the
+    Stack the kernel sent with it (paired by the tracker)."""
     ret: int
+    stack: object = field(default=None, kw_only=True)
 
     @property
     def failed(self):
@@ -247,6 +249,24 @@ class Output(Event):
     @property
     def whole(self):
         return len(self.data) >= self.length
+
+
+class StackStatus(enum.IntEnum):
+    OK = 0
+    NO_PYTHON = 1        # no interpreter known for the process
+    NO_THREAD = 2        # the thread is not one of the interpreter's (a C thread)
+    UNREADABLE = 3       # the interpreter's memory could not be read
+    DEEPER = 4           # more frames than were kept
+
+
+@dataclass(frozen=True, slots=True)
+class Stack(Event):
+    """The stacks of thread `tid`: behind the mm call it sends next
+    (fault_addr 0), or behind a sampled page fault at fault_addr."""
+    fault_addr: int
+    native_stack: int    # an id into the kernel's stack map, < 0 if none
+    status: StackStatus
+    frames: tuple        # ((code object, instruction address), ...), innermost first
 
 
 @dataclass(frozen=True, slots=True)

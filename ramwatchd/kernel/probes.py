@@ -79,6 +79,8 @@ class ProbeOptions:
     max_writes_per_s: int = 200        # per process; the rest are not sent
     fault_sample_period: int = 64
     fault_region_shift: int = 21       # faults are counted per 2 MiB of address space
+    stacks: bool = False               # the stacks behind mm calls and sampled faults (captures)
+    fault_stack_period: int = 64       # one sampled fault in this many sends its stacks
 
     @property
     def faults_from_perf(self):
@@ -102,6 +104,8 @@ class ProbeOptions:
                 f"-DLARGE_CALL_BYTES={LARGE_CALL_BYTES}UL",
                 f"-DMAX_WRITES_PER_S={self.max_writes_per_s}",
                 f"-DFAULT_SAMPLE_PERIOD={self.fault_sample_period}",
+                f"-DSTACKS={int(self.stacks)}",
+                f"-DFAULT_STACK_PERIOD={self.fault_stack_period}",
                 f"-DFAULT_REGION_SHIFT={self.fault_region_shift}",
                 f"-DPAGE_BYTES={resource.getpagesize()}",
                 f"-DTRACED_SLOTS={TRACED_SLOTS}"] + (
@@ -250,6 +254,37 @@ class Probes:
             del self._traced[self._traced.Key(pid)]
         except KeyError:
             pass
+
+    # ---- stacks ----------------------------------------------------------------
+
+    def set_python(self, pid, layout):
+        """Give the kernel where pid's interpreter is (a dict of struct
+        py_layout's fields), or forget it (None)."""
+        table = self.bpf["py_layouts"]
+        key = table.Key(pid)
+        if layout is None:
+            try:
+                del table[key]
+            except KeyError:
+                pass
+            return
+        leaf = table.Leaf()
+        for name, value in layout.items():
+            setattr(leaf, name, value)
+        table[key] = leaf
+
+    def native_frames(self, stack_id):
+        """The return addresses of a native stack the kernel kept, innermost first."""
+        if stack_id < 0:
+            return []
+        try:
+            return list(self.bpf["native_stacks"].walk(stack_id))
+        except KeyError:
+            return []
+
+    def symbol(self, addr, pid):
+        """'function (library)' for a user address of pid, bcc's symbolizer's answer."""
+        return self.bpf.sym(addr, pid, show_module=True).decode(errors="replace")
 
     # ---- what the kernel aggregated ------------------------------------------
 

@@ -11,6 +11,7 @@ import struct
 from . import cuda, events
 
 _u32, _u64, _s64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
+PY_FRAMES = 32     # bpf/ramwatchd.h
 
 
 def _chars(n):
@@ -49,9 +50,11 @@ LAYOUTS = {
     16: ([("addr", _u64), ("size", _u64), ("flags", _u64), ("caller", _u64), ("result", _s64),
           ("call", _u32), ("symbol", _u32)], events.CudaCall),
     17: ([("fd", _u32), ("pad", _u32), ("length", _u64), ("data", _bytes(512))], events.Output),
+    18: ([("fault_addr", _u64), ("native_stack", ctypes.c_int32), ("depth", _u32), ("status", _u32),
+          ("pad", _u32), ("frames", _u64 * (2 * PY_FRAMES))], events.Stack),
 }
 
-_CODES = {_u32: "I", _u64: "Q", _s64: "q"}
+_CODES = {_u32: "I", _u64: "Q", _s64: "q", ctypes.c_int32: "i"}
 
 
 def _code(ctype):
@@ -100,6 +103,10 @@ class _Decoder:
         del out["kind"], out["pad"]
         if self.event_type is events.Output:
             out["data"] = out["data"][:out["length"]]
+        elif self.event_type is events.Stack:
+            depth, frames = out.pop("depth"), out["frames"]
+            out["frames"] = tuple(zip(frames[0:2 * depth:2], frames[1:2 * depth:2]))
+            out["status"] = events.StackStatus(out["status"])
         elif self.event_type is events.CudaCall:
             out["call"] = events.CudaCallKind(out["call"])
             out["symbol"] = cuda.SYMBOLS[out["symbol"]]

@@ -4,6 +4,7 @@ timeline, or, when the timeline is not shown, left to go where ours goes."""
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 
@@ -18,8 +19,9 @@ def check_command(argv):
 
 
 class Program:
-    """The command under capture. The gate is a shell waiting to read one byte
-    on fd 3; the capture traces it, then opens the gate and the shell execs."""
+    """The command under capture, in a session of its own. The gate is a shell
+    waiting to read one byte on fd 3; the capture traces it, then opens the
+    gate and the shell execs."""
 
     def __init__(self, argv, environ, read_output=True):
         check_command(argv)
@@ -29,7 +31,7 @@ class Program:
             self.proc = subprocess.Popen(
                 ["/bin/sh", "-c", 'read -r _ <&3; exec 3<&-; exec "$@"', "ramwatchd-gate"] + list(argv),
                 stdout=piped, stderr=subprocess.STDOUT if read_output else None,
-                env=dict(environ, PYTHONUNBUFFERED="1"), pass_fds=(3,),
+                env=dict(environ, PYTHONUNBUFFERED="1"), pass_fds=(3,), start_new_session=True,
                 preexec_fn=lambda: os.dup2(gate_r, 3))
         finally:
             os.close(gate_r)
@@ -76,15 +78,24 @@ class Program:
             if item is not None:
                 out.append(item)
 
+    def stop_group(self, sig):
+        """Signal every process still in the program's session: it was started
+        in one of its own, so that what it forks while the capture ends goes
+        too. Its root is not reaped before end(), so the group's id is still
+        its own."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
     def end(self):
         """Stop the program if it still runs; its exit code if it ended on its own."""
         ended_by_us = self.proc.poll() is None
-        if ended_by_us:
-            self.proc.terminate()
+        self.stop_group(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.stop_group(signal.SIGKILL)
             code = self.proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=2)

@@ -253,6 +253,7 @@ class Capture:
             self._apply(self.tracker.look(p, now, self.options.min_change))
         self._housekeeping(now, final=True)
         if self.program is not None:
+            # Processes that left the program's session are ended one by one.
             for p in list(self.tracker.alive.values()):
                 if p.pid != self.program.pid:
                     self.tracker.signal(p, signal.SIGTERM)

@@ -1,0 +1,70 @@
+/* ---- Stacks: the code behind a call or a fault -----------------------------
+ *
+ * For each mm call sent to user space, and for one sampled fault in
+ * FAULT_STACK_PERIOD, the calling thread's stacks: the native one from its
+ * frame pointers, and the Python one read from the interpreter's own memory,
+ * as py-spy reads it from outside. The thread's PyThreadState is found by
+ * walking the interpreter's thread list for its native thread id: no TLS, no
+ * kernel struct. Each frame is kept as (code object, instruction); user
+ * space reads the file, function and line from the code object. */
+
+BPF_HASH(py_layouts, u32, struct py_layout, 4096);
+BPF_STACK_TRACE(native_stacks, 16384);
+
+static __always_inline u64 read_u64(u64 addr)
+{
+	u64 value = 0;
+	if (bpf_probe_read_user(&value, sizeof(value), (void *)addr))
+		return 0;
+	return value;
+}
+
+static __always_inline u64 thread_state(struct py_layout *l, u32 tid)
+{
+	u64 interp = read_u64(l->runtime + l->runtime_interpreters_head);
+	u64 tstate = interp ? read_u64(interp + l->interp_threads_head) : 0;
+	u64 found = 0;
+	for (int i = 0; i < PY_THREADS; i++) {
+		if (!tstate || found)
+			break;
+		if (read_u64(tstate + l->tstate_native_thread_id) == tid)
+			found = tstate;
+		tstate = read_u64(tstate + l->tstate_next);
+	}
+	return found;
+}
+
+/* Every frame is kept, marker frames too (3.12+'s C-stack entries, whose code
+ * is the interpreter's trampoline): a branch per frame would make the
+ * verifier follow 2^32 paths. User space drops them by their name. */
+static __always_inline u32 walk_python(struct py_layout *l, u32 tid, struct stack_event *e)
+{
+	u64 tstate = thread_state(l, tid);
+	if (!tstate)
+		return STACK_NO_THREAD;
+	u64 holder = l->tstate_cframe >= 0 ? read_u64(tstate + l->tstate_cframe) : tstate;
+	u64 frame = holder ? read_u64(holder + l->current_frame) : 0;
+	u32 depth = 0;
+	for (int i = 0; i < PY_FRAMES; i++) {
+		if (!frame)
+			return STACK_OK;
+		e->frames[i].code = read_u64(frame + l->frame_code);
+		e->frames[i].instr = read_u64(frame + l->frame_instr);
+		e->depth = i + 1;
+		frame = read_u64(frame + l->frame_previous);
+	}
+	return frame ? STACK_DEEPER : STACK_OK;
+}
+
+/* Send the running thread's stacks; ctx: the program's own context. */
+static __always_inline void send_stack(void *ctx, u64 fault_addr)
+{
+	struct stack_event *e = new_event(EV_STACK, sizeof(*e));
+	if (!e)
+		return;
+	e->fault_addr = fault_addr;
+	e->native_stack = native_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+	struct py_layout *l = py_layouts.lookup(&e->head.tgid);
+	e->status = l ? walk_python(l, e->head.tid, e) : STACK_NO_PYTHON;
+	events.ringbuf_submit(e, 0);
+}

@@ -1,0 +1,85 @@
+"""Just enough of an ELF64 little-endian file to place its symbols in a process:
+where its first loadable segment starts, and the values of named symbols from
+.dynsym and .symtab. Read with pread from an open descriptor, a few headers
+and the symbol tables only, never the whole file (a libpython with debug
+information is tens of MiB)."""
+import os
+import struct
+
+_IDENT = b"\x7fELF\x02\x01"      # magic, ELFCLASS64, ELFDATA2LSB
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+PT_LOAD = 1
+SHT_SYMTAB, SHT_DYNSYM = 2, 11
+SHN_UNDEF = 0
+
+
+class ElfError(ValueError):
+    """Not an ELF64 little-endian file, or a truncated one."""
+
+
+class ElfFile:
+    """An ELF file open at `fd` (the caller owns the descriptor)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        header = self._read(0, _EHDR.size)
+        if not header.startswith(_IDENT):
+            raise ElfError("not an ELF64 little-endian file")
+        (_, _, _, _, _, self.phoff, self.shoff, _, _,
+         self.phentsize, self.phnum, self.shentsize, self.shnum, _) = _EHDR.unpack(header)
+
+    def file_start_vaddr(self):
+        """The virtual address the file's first byte is linked at: the first
+        PT_LOAD's p_vaddr less its p_offset (0 and 0 for a shared library, 0x400000
+        and 0 for a classic executable). A mapping of the file at offset 0 that
+        starts at S puts every symbol at S - this + its value."""
+        table = self._read(self.phoff, self.phnum * self.phentsize)
+        for i in range(self.phnum):
+            p_type, _, p_offset, p_vaddr, *_ = _PHDR.unpack_from(table, i * self.phentsize)
+            if p_type == PT_LOAD:
+                return p_vaddr - p_offset
+        raise ElfError("no loadable segment")
+
+    def symbols(self, names):
+        """{name: value} of those of `names` that the file defines, from .dynsym
+        (what a stripped file keeps for the dynamic linker) and .symtab."""
+        wanted = [name.encode() for name in names]
+        found = {}
+        for table, strings in self._symbol_tables():
+            # A linker may share one string's tail with another name ("Py_Version"
+            # inside "_Py_Version"), so every place the name ends is a candidate.
+            at = {offset: name for name in wanted for offset in _occurrences(strings, name + b"\0")}
+            for st_name, _, _, st_shndx, st_value, _ in _SYM.iter_unpack(table):
+                if st_name in at and st_shndx != SHN_UNDEF:
+                    found.setdefault(at[st_name].decode(), st_value)
+        return found
+
+    def _symbol_tables(self):
+        """(symbols, their string table) of each symbol table, .dynsym first."""
+        sections = self._read(self.shoff, self.shnum * self.shentsize)
+        headers = [_SHDR.unpack_from(sections, i * self.shentsize) for i in range(self.shnum)]
+        tables = [h for h in headers if h[1] in (SHT_DYNSYM, SHT_SYMTAB)]
+        for header in sorted(tables, key=lambda h: h[1] != SHT_DYNSYM):
+            offset, size, link = header[4], header[5], header[6]
+            if link >= len(headers):
+                raise ElfError("symbol table linked to no string table")
+            strings = headers[link]
+            yield (self._read(offset, size - size % _SYM.size),
+                   self._read(strings[4], strings[5]))
+
+    def _read(self, offset, size):
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise ElfError("truncated")
+        return data
+
+
+def _occurrences(data, needle):
+    out, i = [], data.find(needle)
+    while i >= 0:
+        out.append(i)
+        i = data.find(needle, i + 1)
+    return out
