@@ -45,10 +45,13 @@ class ElfFile:
 
     def symbols(self, names):
         """{name: value} of those of `names` that the file defines, from .dynsym
-        (what a stripped file keeps for the dynamic linker) and .symtab."""
+        (what a stripped file keeps for the dynamic linker) and, for those it
+        lacks, .symtab (tens of thousands of symbols where it is not stripped)."""
         wanted = [name.encode() for name in names]
         found = {}
         for table, strings in self._symbol_tables():
+            if len(found) == len(wanted):
+                break
             # A linker may share one string's tail with another name ("Py_Version"
             # inside "_Py_Version"), so every place the name ends is a candidate.
             at = {offset: name for name in wanted for offset in _occurrences(strings, name + b"\0")}

@@ -5,7 +5,8 @@ a memory syscall and leave the naming of the frames to user space.
 The walk (walk_stack; the BPF side repeats it with bpf_probe_read_user):
 
     _PyRuntime.interpreters.head                 -> PyInterpreterState, ->next ... NULL
-      .threads.head                              -> PyThreadState, ->next ... NULL
+                                                    (newest first: the main one is last)
+      .threads.head                              -> PyThreadState, ->next ... NULL (newest first)
         the one whose native_thread_id is the thread's id (the kernel's tid)
         its current frame: tstate->cframe->current_frame (3.11, 3.12)
                            tstate->current_frame         (3.13)
@@ -61,9 +62,8 @@ class Offsets:
     interp_threads_head: int         # PyInterpreterState.threads.head
     tstate_next: int                 # PyThreadState.next
     tstate_native_thread_id: int     # PyThreadState.native_thread_id
-    tstate_frame: int                # PyThreadState.cframe (3.11, 3.12) or .current_frame (3.13)
-    cframe_current_frame: int        # _PyCFrame.current_frame, followed after tstate_frame;
-                                     # -1 where there is no _PyCFrame (3.13)
+    tstate_cframe: int               # PyThreadState.cframe (3.11, 3.12); -1 where there is none (3.13)
+    current_frame: int               # current_frame in that _PyCFrame, or (3.13) in the PyThreadState
     frame_previous: int              # _PyInterpreterFrame.previous
     frame_code: int                  # _PyInterpreterFrame.f_code (f_executable in 3.13)
     frame_instr: int                 # _PyInterpreterFrame.prev_instr (instr_ptr in 3.13)
@@ -100,8 +100,8 @@ _OFFSETS = {
         interp_threads_head=16,         # threads {next_unique_id, head}
         tstate_next=8,                  # after prev
         tstate_native_thread_id=160,
-        tstate_frame=56,                # cframe
-        cframe_current_frame=8,         # after int use_tracing
+        tstate_cframe=56,
+        current_frame=8,                # after int use_tracing
         frame_previous=48,              # after f_func f_globals f_builtins f_locals f_code frame_obj
         frame_code=32,
         frame_instr=56,                 # prev_instr
@@ -118,8 +118,8 @@ _OFFSETS = {
         interp_threads_head=72,         # after id, id_refcount, ..., monitoring versions
         tstate_next=8,
         tstate_native_thread_id=144,
-        tstate_frame=56,                # cframe
-        cframe_current_frame=0,         # use_tracing is gone
+        tstate_cframe=56,
+        current_frame=0,                # use_tracing is gone
         frame_previous=8,               # f_code moved first, previous second
         frame_code=0,
         frame_instr=56,                 # prev_instr
@@ -180,7 +180,11 @@ def find_interpreter(handle):
     """The Interpreter of the process of a procfs.ProcDir. Raises Unsupported
     where it runs no Python this module reads (none, stripped, before 3.11, 3.14
     on, free-threaded), and procfs's errors where the process is gone (a zombie:
-    ZombieProcess) or may not be read."""
+    ZombieProcess) or may not be read.
+
+    The answer holds from the moment libpython is mapped: a process read in
+    its exec, before its loader maps libpython, or before it dlopens one (a
+    program embedding Python as a plugin) is refused too, and may be asked again."""
     path, symbols = _interpreter_symbols(handle)
     name = os.path.basename(path)
     if _VERSION not in symbols:
@@ -282,7 +286,7 @@ def _interpreter_symbols(handle):
     files = _mapped_files(handle)
     if not files:
         handle.status()     # a zombie has no mappings left: this raises ZombieProcess
-        raise Unsupported("no files mapped (a kernel thread)")
+        raise Unsupported("no files mapped (a kernel thread, or a process in its exec)")
     exe = handle.exe()
     candidates = [p for p in files if _LIBPYTHON.match(os.path.basename(p))]
     candidates += [exe] if exe in files else []
@@ -354,8 +358,8 @@ def _debug_offsets(mem, version, hexversion, runtime):
         interp_threads_head=d["interpreter_state.threads_head"],
         tstate_next=d["thread_state.next"],
         tstate_native_thread_id=d["thread_state.native_thread_id"],
-        tstate_frame=d["thread_state.current_frame"],
-        cframe_current_frame=-1,
+        tstate_cframe=-1,
+        current_frame=d["thread_state.current_frame"],
         frame_previous=d["interpreter_frame.previous"],
         frame_code=d["interpreter_frame.executable"],
         frame_instr=d["interpreter_frame.instr_ptr"],
@@ -406,10 +410,9 @@ def _thread_state(mem, interp, native_tid):
 
 
 def _current_frame(mem, off, tstate):
-    frame = mem.u64(tstate + off.tstate_frame)
-    if frame and off.cframe_current_frame >= 0:     # 3.11, 3.12: through the thread's _PyCFrame
-        frame = mem.u64(frame + off.cframe_current_frame)
-    return frame
+    # 3.11, 3.12: through the thread's _PyCFrame; 3.13: in the thread state
+    holder = mem.u64(tstate + off.tstate_cframe) if off.tstate_cframe >= 0 else tstate
+    return mem.u64(holder + off.current_frame) if holder else None
 
 
 # --- code objects ---
