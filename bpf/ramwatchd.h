@@ -190,7 +190,7 @@ struct output_event {
  * bytes into the struct named; -1 where the version has no such field. */
 struct py_layout {
 	u64 runtime;                    /* the address of _PyRuntime */
-	s32 runtime_interpreters_head;  /* -> the main PyInterpreterState */
+	s32 runtime_interpreters_head;  /* -> the newest PyInterpreterState */
 	s32 interp_threads_head;        /* -> its first PyThreadState */
 	s32 tstate_next;
 	s32 tstate_native_thread_id;
@@ -202,7 +202,7 @@ struct py_layout {
 };
 
 #define PY_FRAMES 32
-#define PY_THREADS 64
+#define PY_THREADS 256
 
 struct py_frame {
 	u64 code;                       /* PyCodeObject * */

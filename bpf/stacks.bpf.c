@@ -4,12 +4,15 @@
  * FAULT_STACK_PERIOD, the calling thread's stacks: the native one from its
  * frame pointers, and the Python one read from the interpreter's own memory,
  * as py-spy reads it from outside. The thread's PyThreadState is found by
- * walking the interpreter's thread list for its native thread id: no TLS, no
- * kernel struct. Each frame is kept as (code object, instruction); user
+ * walking the newest interpreter's thread list (the only one, but for
+ * programs with subinterpreters) for its native thread id, then kept: no
+ * TLS, no kernel struct. Each frame is kept as (code object, instruction); user
  * space reads the file, function and line from the code object. */
 
 BPF_HASH(py_layouts, u32, struct py_layout, 4096);
 BPF_STACK_TRACE(native_stacks, 16384);
+/* tid -> its PyThreadState, found once: a server has hundreds of threads. */
+BPF_TABLE("lru_hash", u32, u64, py_threads, 16384);
 
 static __always_inline u64 read_u64(u64 addr)
 {
@@ -21,6 +24,9 @@ static __always_inline u64 read_u64(u64 addr)
 
 static __always_inline u64 thread_state(struct py_layout *l, u32 tid)
 {
+	u64 *known = py_threads.lookup(&tid);
+	if (known && read_u64(*known + l->tstate_native_thread_id) == tid)
+		return *known;
 	u64 interp = read_u64(l->runtime + l->runtime_interpreters_head);
 	u64 tstate = interp ? read_u64(interp + l->interp_threads_head) : 0;
 	u64 found = 0;
@@ -31,7 +37,18 @@ static __always_inline u64 thread_state(struct py_layout *l, u32 tid)
 			found = tstate;
 		tstate = read_u64(tstate + l->tstate_next);
 	}
+	if (found)
+		py_threads.update(&tid, &found);
 	return found;
+}
+
+/* A forked child is a copy of its parent's memory, interpreter included:
+ * set here, its first calls (often right after the fork) have stacks. */
+static __always_inline void inherit_python(u32 parent, u32 child)
+{
+	struct py_layout *l = py_layouts.lookup(&parent);
+	if (l)
+		py_layouts.update(&child, l);
 }
 
 /* Every frame is kept, marker frames too (3.12+'s C-stack entries, whose code
@@ -63,7 +80,7 @@ static __always_inline void send_stack(void *ctx, u64 fault_addr)
 	if (!e)
 		return;
 	e->fault_addr = fault_addr;
-	e->native_stack = native_stacks.get_stackid(ctx, BPF_F_USER_STACK);
+	e->native_stack = native_stacks.get_stackid(ctx, BPF_F_USER_STACK | BPF_F_REUSE_STACKID);
 	struct py_layout *l = py_layouts.lookup(&e->head.tgid);
 	e->status = l ? walk_python(l, e->head.tid, e) : STACK_NO_PYTHON;
 	events.ringbuf_submit(e, 0);

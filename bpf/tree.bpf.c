@@ -17,6 +17,8 @@ TRACEPOINT_PROBE(task, task_newtask)
 	u32 child = args->pid;
 	if (!start_tracing(child))
 		return 0;
+	if (STACKS)
+		inherit_python(current_tgid(), child);
 	struct fork_event *e = new_event(EV_FORK, sizeof(*e));
 	if (!e)
 		return 0;
@@ -36,6 +38,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	__builtin_memset(st->rss, 0, sizeof(st->rss));
 	st->known = st->peak = st->last_step = st->brk_sent = 0;
 	st->last_step_ns = bpf_ktime_get_ns();
+	if (STACKS) {
+		u32 tgid = current_tgid();
+		py_layouts.delete(&tgid);   /* the new program's Python is found again */
+	}
 	struct exec_event *e = new_event(EV_EXEC, sizeof(*e));
 	if (!e)
 		return 0;
@@ -90,6 +96,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		__builtin_memcpy(e->peak_rss, st->peak_rss, sizeof(e->peak_rss));
 		events.ringbuf_submit(e, 0);
 	}
+	if (STACKS)
+		py_layouts.delete(&tgid);
 	if (st->tgid == tgid)
 		st->tgid = 0;   /* free the slot */
 	else

@@ -65,6 +65,8 @@ def _capture_options(p):
                    help="sample one page fault in N for where faults land (default 64)")
     g.add_argument("--spike", type=size_arg, default="256MiB", metavar="SIZE",
                    help="a rise of SIZE that falls back within 100 ms is a spike (default 256MiB)")
+    g.add_argument("--no-stacks", dest="stacks", action="store_false",
+                   help="do not read the Python and native stacks behind each growth (call sites)")
     g.add_argument("--phase", action="append", metavar="REGEX",
                    help="lines that match mark phases (repeatable; default: every line the "
                         "processes print except log noise: tracebacks, warnings, debug, progress bars)")
@@ -98,6 +100,9 @@ def build_parser():
     report.add_argument("file", metavar="FILE.json")
     report.add_argument("--png", metavar="FILE", help="draw the timeline, stacked by class")
     report.add_argument("--timeline", action="store_true", help="print the timeline too")
+    report.add_argument("--flamegraph", metavar="FILE",
+                        help="write the growth by call site as folded stacks, weighted by resident bytes "
+                             "(for flamegraph.pl, speedscope, Grafana's flame graph)")
 
     daemon = sub.add_parser("daemon", help="watch every process on the node and serve Prometheus metrics",
                             description="Watch every process on the node, grouped as the config "
@@ -199,7 +204,19 @@ def _report(args):
     print(render_summary(result), end="")
     if args.png:
         _draw(result, args.png)
+    if args.flamegraph:
+        _flamegraph(result, args.flamegraph)
     return 0
+
+
+def _flamegraph(result, path):
+    from .views.report import folded_stacks
+    try:
+        with open(path, "w") as f:
+            f.writelines(line + "\n" for line in folded_stacks(result))
+    except OSError as err:
+        raise CliError(f"cannot write {path}: {err.strerror}") from None
+    print(f"folded stacks written to {path}")
 
 
 def _draw(result, path):
@@ -230,7 +247,7 @@ def _capture(args, pid=None, argv=None):
         probe=ProbeOptions(follow_children=getattr(args, "children", False) or argv is not None,
                            exact_rss=args.exact_rss, rss_step_bytes=args.rss_step,
                            min_syscall_bytes=args.min_syscall,
-                           fault_sample_period=max(1, args.fault_sample)),
+                           fault_sample_period=max(1, args.fault_sample), stacks=args.stacks),
         classifier=Classifier(args.weights or DEFAULT_WEIGHT_PATTERNS),
         phase_patterns=tuple(args.phase or ()), show_output=not args.quiet)
     show = (lambda e: None) if args.quiet else (lambda e: print(format_entry(e), flush=True))

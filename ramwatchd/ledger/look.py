@@ -51,6 +51,7 @@ class Snapshot:
     objects: dict = field(default_factory=dict)   # (class, name) -> ObjectUsage
     pinned: list = field(default_factory=list)    # PinnedTable.measure() at this look
     read_seconds: float = 0.0
+    sited: dict = field(default_factory=dict)     # Region -> resident bytes, for ranges whose call's stack is known
     _spans: list = field(default=None, repr=False)
 
     @property
@@ -83,10 +84,11 @@ class Snapshot:
     def forget_detail(self):
         """Drop the per-object detail: only a few looks keep it."""
         self.objects = {}
+        self.sited = {}
         self._spans = None
 
 
-def take_look(proc, t, classifier, pinned, regions=None):
+def take_look(proc, t, classifier, pinned, regions=None, sited=()):
     """Look at the process behind ProcDir `proc`. A look that does not reconcile
     with VmRSS, or that an exec cut in two, is taken again a few times; returns
     None if every try straddled an exec. Raises procfs.ProcessError (gone,
@@ -94,13 +96,13 @@ def take_look(proc, t, classifier, pinned, regions=None):
     snap = None
     for delay in (0,) + RETRY_DELAYS_S:
         time.sleep(delay)
-        snap = _look_once(proc, t, classifier, pinned, regions)
+        snap = _look_once(proc, t, classifier, pinned, regions, sited)
         if snap is not None and snap.reconciled:
             break
     return snap
 
 
-def _look_once(proc, t, classifier, pinned, regions):
+def _look_once(proc, t, classifier, pinned, regions, sited):
     started = time.monotonic()
     layout = proc.stat().layout
     before = proc.status()
@@ -128,7 +130,8 @@ def _look_once(proc, t, classifier, pinned, regions):
     for region, resident in seen.items():
         region.measured(t, resident)
     return Snapshot(t, after.vm_rss, before.vm_rss, after, stat, classes, pss, objects,
-                    pinned.measure(vmas, vma_classes), time.monotonic() - started)
+                    pinned.measure(vmas, vma_classes), time.monotonic() - started,
+                    _measure_ranges(proc, vmas, sited, seen))
 
 
 def _parts(proc, vma, cls, regions, seen):
@@ -152,6 +155,33 @@ def _parts(proc, vma, cls, regions, seen):
     if rest.size > 0 and (rest.rss or not parts):
         parts.append((rest, vma.path or "[anonymous]"))
     return parts
+
+
+def _measure_ranges(proc, vmas, ranges, seen):
+    """Each range's resident bytes, from the mappings this look read: a range
+    that is whole mappings is their Rss, read in the same pass as the objects
+    it lies in; one the kernel merged with its neighbours is its share of
+    their pages, measured just after. A range the kernel cannot measure
+    (no PAGEMAP_SCAN) is left out."""
+    out, starts = {}, [vma.start for vma in vmas]
+    for region in ranges:
+        if region in seen:
+            out[region] = seen[region]
+            continue
+        total = 0
+        i = max(0, bisect.bisect_right(starts, region.start) - 1)
+        while total is not None and i < len(vmas) and vmas[i].start < region.end:
+            vma = vmas[i]
+            start, end = max(vma.start, region.start), min(vma.end, region.end)
+            if start == vma.start and end == vma.end:
+                total += vma.rss
+            elif start < end:
+                part = proc.resident(start, end)
+                total = None if part is None else total + min(vma.rss, part)
+            i += 1
+        if total is not None:
+            out[region] = total
+    return out
 
 
 def _share(vma, start, end, resident):

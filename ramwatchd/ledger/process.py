@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from .pinned import PinnedTable
 from .regions import Regions
 from .rss import RssSeries
+from .sites import SiteBook
 
 ATTACHED, FORKED, DISCOVERED = "attached", "forked", "discovered"
 
@@ -59,6 +60,10 @@ class Process:
     regions: Regions = field(default_factory=Regions)   # the ranges its mm calls made
     rss_at_measure: int = -1   # its RSS when its large ranges were last measured
     output_targets: dict = field(default_factory=dict)   # fd -> what it writes to (1 and 2)
+    python: object = None      # its python.Interpreter, once found (with --stacks)
+    python_tries: int = 0
+    python_decided_at: float = None   # when it was found, or refused
+    sites: SiteBook = field(default_factory=SiteBook)   # the code behind its growth
     driver_checked: bool = False   # its maps were searched for the CUDA driver since its exec
     watched: bool = True           # the daemon looks only at processes in a group
     handle: object = None          # its procfs.ProcDir while it is open
@@ -126,6 +131,13 @@ class RegionEnded:
     exited): its life and its resident bytes at their highest."""
     process: Process
     region: object      # regions.Region
+
+
+@dataclass
+class StacksUnreadable:
+    """The process runs a Python whose stacks cannot be read: native frames only."""
+    process: Process
+    reason: str
 
 
 @dataclass

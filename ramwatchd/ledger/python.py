@@ -53,6 +53,11 @@ class Unsupported(Exception):
     one-line reason."""
 
 
+class NotYet(Unsupported):
+    """No Python to read now: the process is no Python, or not yet (in its
+    exec, before its loader maps libpython, or before it dlopens one)."""
+
+
 @dataclass(frozen=True)
 class Offsets:
     """Byte offsets of the fields a stack walk reads, in the structs of one
@@ -192,7 +197,7 @@ def find_interpreter(handle):
     with _Memory(handle) as mem:
         hexversion = mem.u64(symbols[_VERSION])
         if hexversion is None:
-            raise Unsupported(f"{name}: Py_Version unreadable")
+            raise NotYet(f"{name}: Py_Version unreadable")
         version = (hexversion >> 24, hexversion >> 16 & 0xFF, hexversion >> 8 & 0xFF)
         offsets = _offsets(mem, version, hexversion, symbols["_PyRuntime"])
     return Interpreter(version, symbols["_PyRuntime"], symbols["PyCode_Type"], offsets, path)
@@ -235,7 +240,7 @@ def frame_site(handle, interp, code_addr, instr_addr):
         if code is None or not code.holds(index):
             return None
         interp.codes[code_addr] = code
-    return Site(code.filename, code.function, line_of(code.linetable, code.firstlineno, index))
+    return Site(code.filename, code.function, code.line_at(index))
 
 
 def line_of(linetable, firstlineno, index):
@@ -286,7 +291,7 @@ def _interpreter_symbols(handle):
     files = _mapped_files(handle)
     if not files:
         handle.status()     # a zombie has no mappings left: this raises ZombieProcess
-        raise Unsupported("no files mapped (a kernel thread, or a process in its exec)")
+        raise NotYet("no files mapped (a kernel thread, or a process in its exec)")
     exe = handle.exe()
     candidates = [p for p in files if _LIBPYTHON.match(os.path.basename(p))]
     candidates += [exe] if exe in files else []
@@ -298,7 +303,7 @@ def _interpreter_symbols(handle):
                if _LIBPYTHON.match(os.path.basename(p)) or _PYTHON_EXE.match(os.path.basename(p))]
     if pythons:
         raise Unsupported(f"{pythons[0]}: no _PyRuntime symbol (stripped, or Python before 3.7)")
-    raise Unsupported(f"not a Python process: {os.path.basename(exe) or 'its executable'} "
+    raise NotYet(f"not a Python process: {os.path.basename(exe) or 'its executable'} "
                       "has no _PyRuntime symbol and maps no libpython")
 
 
@@ -425,10 +430,17 @@ class _Code:
     firstlineno: int
     linetable: bytes
     units: int                      # code units in co_code_adaptive
+    lines: dict = field(default_factory=dict, compare=False)   # index -> line, as they are asked for
 
     def holds(self, index):
         # -1: a frame not started yet points before its first instruction (3.11, 3.12)
         return -1 <= index < self.units
+
+    def line_at(self, index):
+        """line_of, once per instruction: a loop's call is asked for again and again."""
+        if index not in self.lines:
+            self.lines[index] = line_of(self.linetable, self.firstlineno, index)
+        return self.lines[index]
 
 
 def _read_code(mem, interp, address):

@@ -17,15 +17,15 @@ from ..units import fmt_bytes
 from .classes import DEVICE, FILE_CODE
 
 LARGE_BYTES = 64 << 20          # a range this large is measured and named on its own
-# A large range is measured often while it is young, so that a weights file
-# mapped for half a second is seen at its highest: every MEASURE_INTERVAL_S,
-# or for a larger one every MEASURE_BYTES_PER_S of its size (the scan walks
-# its every page; memory fills at ~1 GiB/s, so 10 % of it a measure). An old
-# one only every OLD_MEASURE_INTERVAL_S: looks at smaps measure it too.
+# A large range is measured often while it is new or still filling, so that a
+# weights file mapped for half a second is seen at its highest: every
+# MEASURE_INTERVAL_S, or for a larger one every MEASURE_BYTES_PER_S of its
+# size (the scan walks its every page; memory fills at ~1 GiB/s, so 10 % of
+# it a measure). One that stopped growing only every QUIET_MEASURE_INTERVAL_S:
+# looks at smaps measure it too.
 MEASURE_INTERVAL_S = 0.02
 MEASURE_BYTES_PER_S = 10 << 30
-YOUNG_S = 2.0
-OLD_MEASURE_INTERVAL_S = 1.0
+QUIET_MEASURE_INTERVAL_S = 1.0
 PAGE_BYTES = resource.getpagesize()
 UNMEASURED = {FILE_CODE, DEVICE}
 
@@ -44,6 +44,8 @@ class Region:
     ended_at: float = None
     seen_by_look: bool = False
     measured_at: float = -1e9
+    growing: bool = True   # its last measure found more than the one before
+    last_measure: int = 0
     size_made: int = field(default=0, init=False)   # its size when made: its name keeps it
 
     def __post_init__(self):
@@ -54,16 +56,20 @@ class Region:
         return self.end - self.start
 
     def measure_due(self, now):
-        if now - self.t >= YOUNG_S:
-            interval = OLD_MEASURE_INTERVAL_S
-        else:
+        if self.growing:
             interval = max(MEASURE_INTERVAL_S, self.size / MEASURE_BYTES_PER_S)
+        else:
+            interval = QUIET_MEASURE_INTERVAL_S
         return now - self.measured_at >= interval
 
     def measured(self, now, resident):
         """Its resident bytes at now (None: the kernel could not say)."""
         self.measured_at = now
-        if resident is not None and resident > self.peak:
+        if resident is None:
+            return
+        self.growing = resident > self.last_measure
+        self.last_measure = resident
+        if resident > self.peak:
             self.peak, self.peak_t = resident, now
 
     @property
@@ -100,7 +106,7 @@ class Regions:
     def __init__(self):
         self._starts = []
         self._ranges = []
-        self._anonymous_cache = None
+        self._large_cache = None
 
     @property
     def live(self):
@@ -113,7 +119,7 @@ class Regions:
         i = bisect.bisect_left(self._starts, region.start)
         self._starts.insert(i, region.start)
         self._ranges.insert(i, region)
-        self._anonymous_cache = None
+        self._large_cache = None
         return ended
 
     def cut(self, start, end, t):
@@ -138,12 +144,12 @@ class Regions:
         if ended or kept != self._ranges[first:last]:
             self._ranges[first:last] = kept
             self._starts[first:last] = [r.start for r in kept]
-            self._anonymous_cache = None
+            self._large_cache = None
         return ended
 
     def end_all(self, t):
         ended, self._ranges, self._starts = self._ranges, [], []
-        self._anonymous_cache = None
+        self._large_cache = None
         for r in ended:
             r.ended_at = t
         return ended
@@ -156,22 +162,29 @@ class Regions:
                 return r
         return None
 
+    def at(self, addr):
+        """The live range holding addr, or None."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and addr < self._ranges[i].end:
+            return self._ranges[i]
+        return None
+
+    def sited(self):
+        """The live ranges made by a call whose stack is known, but a device's."""
+        return [r for r in self._ranges if r.call.stack is not None and r.cls != DEVICE]
+
     def large(self):
-        return [r for r in self._ranges if r.large]
+        """The live large ranges: asked for at every look and counters read,
+        so the few are kept apart from the thousands of small ones."""
+        if self._large_cache is None:
+            self._large_cache = [r for r in self._ranges if r.large]
+        return self._large_cache
 
     def measured(self):
         """The live large ranges worth measuring: not a library's code, whose
         pages come and go with what the program calls."""
-        return [r for r in self._ranges if r.large and r.cls not in UNMEASURED]
+        return [r for r in self.large() if r.cls not in UNMEASURED]
 
     def anonymous_in(self, start, end):
-        """The large private anonymous ranges overlapping [start, end): asked
-        for every anonymous mapping at every look, so the few such ranges are
-        kept apart from the many small ones."""
-        return [r for r in self._large_anonymous if r.start < end and start < r.end]
-
-    @property
-    def _large_anonymous(self):
-        if self._anonymous_cache is None:
-            self._anonymous_cache = [r for r in self._ranges if r.large and not r.path and not r.shared]
-        return self._anonymous_cache
+        """The large private anonymous ranges overlapping [start, end)."""
+        return [r for r in self.large() if not r.path and not r.shared and r.start < end and start < r.end]

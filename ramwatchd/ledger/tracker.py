@@ -8,26 +8,33 @@ and finds the CUDA driver it loads. Every /proc read happens through it, and a
 process that vanishes between two reads, is denied, or is a zombie is a normal
 outcome it reports as news (Ended), never an exception that reaches a driver.
 """
+import dataclasses
 import mmap
 import os
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from ..kernel import cuda
-from ..kernel.events import (ANON, FILE, SHMEM, CudaCall, Exec, Exit, Fork, Mmap, MmCall, Mremap, Munmap,
-                             OomVictim, Rename, RssStep)
-from . import procfs, regions
-from .causes import explain
-from .classes import Classifier
+from ..kernel.events import (ANON, FILE, SHMEM, Brk, CudaCall, Exec, Exit, Fork, Mmap, MmCall, Mremap, Munmap,
+                             OomVictim, Rename, RssStep, Stack)
+from . import procfs, python, regions
+from .causes import Ranges, explain
+from .classes import ANON_HEAP, Classifier
 from .look import diff, take_look
 from .process import (ATTACHED, DISCOVERED, FORKED, CallsShed, Change, DriverProbed, Ended, Execed,
-                      Looked, OomKill, PinnedCall, Process, RegionEnded, Renamed, SpikeSeen, Started)
+                      Looked, OomKill, PinnedCall, Process, RegionEnded, Renamed, SpikeSeen, Started,
+                      StacksUnreadable)
 from .rss import Peak, SpikeRule
+from .sites import INTERPRETER_SHIM, Site, SiteBook
 
 BIG_CALL_BYTES = 64 << 20   # a call this large reads the counters whatever the rate
 MAX_CALLS_KEPT = 4096       # per process between two looks; the largest are kept
 RENAME_HOLD_NS = 50_000_000
+PYTHON_TRIES = 3            # looks at which a process's interpreter is looked for
+NATIVE_FRAMES_KEPT = 16
+TOP_SITES_NAMED = 8         # a process's largest sites get their native frames named as it runs
 VANISHED_GRACE_S = 1.0      # a process found gone is ended then if no exit event came
 REGION_MOVE_BYTES = 1 << 20 # a process's large ranges are measured again once its RSS moved this much
 FAULTS_INTERVAL_S = 0.1     # the kernel's fault samples are taken no more often
@@ -65,7 +72,7 @@ class Clock:
 
 class Tracker:
     def __init__(self, kernel, clock, classifier=None, policy=None, spike_rule=None,
-                 keep_history=True, adopt_unknown=False, details=False, proc_root=procfs.PROC):
+                 keep_history=True, adopt_unknown=False, details=False, stacks=False, proc_root=procfs.PROC):
         self.kernel = kernel                # kernel.probes.Probes, or a stand-in
         self.clock = clock
         self.classifier = classifier or Classifier()
@@ -74,6 +81,7 @@ class Tracker:
         self.keep_history = keep_history    # a capture keeps every look; the daemon the latest
         self.adopt_unknown = adopt_unknown  # the daemon: any process the kernel shows is tracked
         self.details = details              # read exe and cgroup too (the daemon groups by them)
+        self.stacks = stacks                # find each process's Python for the kernel's stacks
         self.proc_root = proc_root
         self.alive = {}                     # pid -> Process
         self.processes = {}                 # key -> Process, ended ones too until forgotten
@@ -83,8 +91,9 @@ class Tracker:
         self._renames = {}                  # pid -> Rename event held back (see _settle_renames)
         self._faults_collected = -1e9
         self._last_of = {}                  # pid -> the last process that had it
+        self._symbols = {}                  # (pid, address) -> its native symbol
         self._handlers = {Fork: self._on_fork, Exec: self._on_exec, Rename: self._on_rename,
-                          Exit: self._on_exit, CudaCall: self._on_cuda,
+                          Exit: self._on_exit, CudaCall: self._on_cuda, Stack: self._on_stack,
                           OomVictim: self._on_oom}
         exact = getattr(getattr(kernel, "options", None), "exact_rss", False)
         self.exact_rss = exact
@@ -228,6 +237,9 @@ class Tracker:
                     exe=parent.exe if parent else "", cgroup=parent.cgroup if parent else "")
         p.image_started = t
         p.dirty = False
+        if parent is not None and parent.python is not None:   # a copy of its parent's memory
+            p.python = parent.python
+            self.kernel.set_python(p.pid, _layout(p.python))
         self._add(p)
         return news + [Started(p)]
 
@@ -240,13 +252,17 @@ class Tracker:
         p.execs.append((t, ev.filename))
         news += [SpikeSeen(p, spike) for spike in p.rss.new_spikes(self.spike_rule, float("inf"))]
         news += [RegionEnded(p, r) for r in p.regions.end_all(t) if r.large]
+        p.sites = SiteBook()       # the old program's code holds nothing now
         p.comm = ev.comm
         p.cmdline = os.path.basename(ev.filename)
         p.rss.new_image()
         p.vm_hwm = 0
+        if p.python_decided_at is None or p.python_decided_at < t:
+            self._forget_python(p)   # the old program's (a look may have read the new one's already)
         p.pinned.clear()
         p.driver_checked = False
         p.latest = None            # the next look is the new program's first: no releases
+        p.last_read = -1e9         # and it waits for min_age only, not for the old program's interval
         p.calls.clear()
         p.pending_faults.clear()
         p.image_started = t
@@ -296,6 +312,9 @@ class Tracker:
             return []
         t = self.clock.of_kernel(ev.ts_ns)
         self._moved_at(p, t)
+        site = p.sites.waiting.pop(ev.tid, None)
+        if site is not None:
+            ev = dataclasses.replace(ev, stack=site)
         p.calls.append(ev)
         if len(p.calls) > MAX_CALLS_KEPT:
             p.calls = sorted(p.calls, key=lambda c: -c.size)[:MAX_CALLS_KEPT // 2]
@@ -319,6 +338,8 @@ class Tracker:
             if region.large:
                 self._describe(p, region)
             ended += p.regions.add(region)
+        for r in ended:
+            p.sites.range_ended(r)
         return [RegionEnded(p, r) for r in ended if r.large]
 
     def _describe(self, p, region):
@@ -352,6 +373,19 @@ class Tracker:
             return self._ended_by(p, now, err)
         return []
 
+    def catch_up(self, now):
+        """Read the counters of processes that moved since their last read,
+        once the RSS interval has passed, where they hold a large range still
+        measured: the kernel's last step before a fill ends can be far from
+        its end, and a KV cache freed before the next look would be
+        remembered short of its highest."""
+        news = []
+        for p in list(self.alive.values()):
+            if (p.moved_at is not None and p.moved_at > p.last_status and not self._young(p)
+                    and now - p.last_status >= self.policy.rss_interval and p.regions.measured()):
+                news += self._read_rss(p, now)
+        return news
+
     def _wants_rss(self, p, call_size):
         """Read p's counters now? At most every rss_interval, and not while its
         exec'd program is starting up (a shell's helpers live a few ms), except
@@ -377,6 +411,75 @@ class Tracker:
         pinned = p.pinned.apply(ev, caller, t)
         self._moved_at(p, t)
         return news + [PinnedCall(p, ev, caller, pinned)]
+
+    def _on_stack(self, ev):
+        p = self.alive.get(ev.pid)
+        if p is None:
+            return []
+        site = self._site(p, ev)
+        if ev.fault_addr:
+            p.sites.fault(ev.fault_addr, site)
+        else:
+            p.sites.waiting[ev.tid] = site
+        return []
+
+    def _site(self, p, ev):
+        """The Site of a kernel Stack: its Python frames named from their code
+        objects (3.12's trampoline frames dropped), its native return addresses."""
+        frames = []
+        if p.python is not None and p.vanished_at is None:
+            try:
+                handle = self._handle(p)
+                for code, instr in ev.frames:
+                    site = python.frame_site(handle, p.python, code, instr)
+                    if site is not None and site.function != INTERPRETER_SHIM:
+                        frames.append(tuple(site))
+            except procfs.ProcessError:
+                pass
+        return Site(tuple(frames), tuple(self.kernel.native_frames(ev.native_stack)[:NATIVE_FRAMES_KEPT]))
+
+    def _find_python(self, p):
+        """Find p's interpreter for the kernel's stack walk. A program still
+        starting up (its libpython not mapped yet) is asked again at its next
+        looks; one that is Python but cannot be read says why, once."""
+        if not self.stacks or p.python is not None or p.python_tries >= PYTHON_TRIES:
+            return []
+        p.python_tries += 1
+        try:
+            p.python = python.find_interpreter(self._handle(p))
+        except python.NotYet:
+            return []
+        except python.Unsupported as err:
+            p.python_tries, p.python_decided_at = PYTHON_TRIES, self.clock.now()
+            return [StacksUnreadable(p, str(err))]
+        except procfs.ProcessError:
+            return []
+        p.python_decided_at = self.clock.now()
+        self.kernel.set_python(p.pid, _layout(p.python))
+        return []
+
+    def _forget_python(self, p):
+        if p.python is not None:
+            self.kernel.set_python(p.pid, None)
+        p.python, p.python_tries, p.python_decided_at = None, 0, None
+
+    def name_sites(self):
+        """Name the native frames of each live process's largest sites now,
+        while its libraries can be read (the symbolizer reads its maps): at
+        the end, some will have exited."""
+        for p in self.alive.values():
+            for site, _ in p.sites.totals().most_common(TOP_SITES_NAMED):
+                self.native_names(p, site)
+
+    def native_names(self, p, site):
+        """Names of site's native frames ('function (library)'), while p lives."""
+        names = []
+        for addr in site.native:
+            key = (p.pid, addr)
+            if key not in self._symbols and p.alive:
+                self._symbols[key] = self.kernel.symbol(addr, p.pid)
+            names.append(self._symbols.get(key, f"{addr:#x}"))
+        return names
 
     def _on_oom(self, ev):
         p, news = self._process_of(ev.victim)
@@ -497,6 +600,7 @@ class Tracker:
         p.exited_at = t
         p.ended_how = how
         news = [RegionEnded(p, r) for r in p.regions.end_all(t) if r.large]
+        self._forget_python(p)
         p.pinned.clear()           # the driver's ranges die with the process
         self._close_handle(p)
         if self.alive.get(p.pid) is p:
@@ -531,7 +635,8 @@ class Tracker:
         moved by min_change or more since its last look (none when min_change
         is None: the daemon wants figures, not a timeline), or Ended."""
         try:
-            snap = take_look(self._handle(p), now, self.classifier, p.pinned, p.regions)
+            snap = take_look(self._handle(p), now, self.classifier, p.pinned, p.regions,
+                             p.regions.sited() if self.stacks else ())
         except procfs.ProcessError as err:
             return self._ended_by(p, now, err)
         p.last_read = now
@@ -541,12 +646,18 @@ class Tracker:
         first_of_image = prev is None or prev.stat.layout != snap.stat.layout
         self._record_look(p, snap, now)
         object_faults = self._attribute_faults(p, snap)
-        changes = [] if first_of_image or min_change is None else self._changes(p, prev, snap, min_change,
-                                                                               object_faults)
+        moved = [] if first_of_image else diff(prev, snap, 1)
+        changes = [] if min_change is None else self._changes(p, moved, min_change, object_faults)
+        if self.stacks:
+            self._settle_sites(p, moved, snap)
+            if p.largest is snap:
+                p.sites.at_largest = p.sites.totals()
         p.calls.clear()
         if prev is not None and prev is not p.baseline and prev is not p.largest:
             prev.forget_detail()    # only baseline, largest and latest keep mapping detail
         news = [Looked(p, snap, changes)]
+        if snap.status.name == p.comm:   # else an exec or a rename is on its way: ask after it
+            news += self._find_python(p)
         if not p.driver_checked:
             news += self._probe_drivers(p, {o.name for o in snap.objects.values() if cuda.is_driver(o.name)})
         return news
@@ -580,9 +691,9 @@ class Tracker:
             if p.largest is None or snap.total >= p.largest.total:
                 p.largest = snap
 
-    def _changes(self, p, prev, snap, min_change, object_faults):
+    def _changes(self, p, moved, min_change, object_faults):
         out = []
-        for ch in diff(prev, snap, min_change):
+        for ch in (ch for ch in moved if abs(ch.delta) >= min_change):
             calls = p.calls
             made = p.regions.making(ch.name) if ch.delta > 0 else None
             if made is not None:
@@ -593,6 +704,31 @@ class Tracker:
             out.append(Change(ch.cls, ch.name, ch.delta, ch.rss_after, cause,
                               None if caused_at is None else self.clock.of_kernel(caused_at)))
         return out
+
+    def _settle_sites(self, p, moved, snap):
+        """Give what p's memory gained since the last look to the code that
+        made it, and take what it lost from its sites (sites.py says how)."""
+        measured = []
+        for region, resident in snap.sited.items():
+            obj = snap.object_at(region.start)
+            if obj is not None:
+                measured.append((region, (obj.cls, obj.name), resident))
+
+
+        def evidence(key):
+            obj = snap.objects.get(key)
+            ranges = Ranges(obj.ranges if obj is not None else [])
+            faults = Counter(site for addr, site in p.sites.faults
+                             if ranges.holds(addr) and not _measured_at(p, addr))
+            if faults:
+                return faults
+            weights = Counter()
+            for call in p.calls:
+                if call.stack is not None and (call.span and ranges.overlaps(*call.span)
+                                               or isinstance(call, Brk) and key[0] == ANON_HEAP):
+                    weights[call.stack] += call.size or 1
+            return weights
+        p.sites.settle(measured, [((ch.cls, ch.name), ch.delta) for ch in moved], evidence)
 
     # ---- page faults, spikes, discovery --------------------------------------
 
@@ -726,6 +862,22 @@ class Tracker:
             if p.handle is not None:
                 p.handle.close()
                 p.handle = None
+
+
+def _measured_at(p, addr):
+    """addr lies in a range whose resident bytes its own site holds."""
+    region = p.regions.at(addr)
+    return region is not None and region in p.sites.ranges
+
+
+def _layout(interp):
+    """The kernel's struct py_layout for an interpreter (bpf/ramwatchd.h)."""
+    off = interp.offsets
+    return {"runtime": interp.runtime, "runtime_interpreters_head": off.runtime_interpreters_head,
+            "interp_threads_head": off.interp_threads_head, "tstate_next": off.tstate_next,
+            "tstate_native_thread_id": off.tstate_native_thread_id, "tstate_cframe": off.tstate_cframe,
+            "current_frame": off.current_frame, "frame_previous": off.frame_previous,
+            "frame_code": off.frame_code, "frame_instr": off.frame_instr}
 
 
 def _why(err):

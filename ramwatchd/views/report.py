@@ -77,6 +77,7 @@ def render_summary(result):
     out += [_section("by process and class (last look; exited processes: before they exited)"),
             _class_table(result, "latest")]
     out += _top_mappings(result) + _pinned(result) + _peaks(result) + _spikes(result) + _phases(result)
+    out += _sites(result)
     out += _shared(result) + _why_top(result) + _health(result)
     return "\n".join(out) + "\n"
 
@@ -181,6 +182,71 @@ def _phases(result):
              for (named, t, name), row in sorted(rows.items())]
     return [_section("growth by phase (in time order; phases are the lines each process printed, and marks)"),
             _table(table, ["began", "named by", "phase", "pids", "change", "came and went"])]
+
+
+def _sites(result):
+    """What code holds each process's growth, in resident bytes now, folded
+    by Python stack (a site's native frames vary with the path C took)."""
+    if not result["options"].get("stacks"):
+        return []
+    rows = []
+    for p in result["processes"]:
+        held = _held_by_python_stack(p)
+        total = sum(b for b, _ in held.values())
+        for python, (held_bytes, native) in sorted(held.items(), key=lambda kv: -kv[1][0])[:6]:
+            if held_bytes < result["options"]["min_change"] / 4:
+                continue
+            rows.append([str(p["pid"]), p["comm"][:15] + (" (exited)" if p["exited_at"] is not None else ""),
+                         fmt_bytes(held_bytes), f"{held_bytes / total:.0%}",
+                         " < ".join(_frame(f) for f in python[:3]) or "(no Python frame)", native[:50]])
+    if not rows:
+        return []
+    return [_section("growth by call site (resident now, or at an exited process's largest look; "
+                     "innermost Python frame first)"),
+            _table(rows, ["pid", "comm", "resident", "share", "site", "native"])]
+
+
+def _held_by_python_stack(p):
+    """Python stack -> (bytes held, the native frame of interest of its
+    largest native variant)."""
+    key = "bytes" if p["exited_at"] is None else "at_largest"
+    held = {}
+    for s in p.get("sites", []):
+        python = tuple(tuple(f) for f in s["python"])
+        before, native = held.get(python, (0, native_of_interest(s["native"])))
+        held[python] = (before + s[key], native)
+    return held
+
+
+# Libraries whose frames say how memory was asked for, not who asked.
+_PLUMBING = ("[libc.so", "[ld-linux", "[libpython", "[python", "[libpthread", "[libstdc++")
+
+
+def native_of_interest(native):
+    """The nearest named native frame outside libc, the loader and the
+    interpreter (a libtorch or numpy function, a program's own), else the
+    nearest named one ('malloc [libc.so.6]')."""
+    named = [n for n in native if not n.startswith("0x") and not n.startswith("[unknown]")]
+    return next((n for n in named if not any(lib in n for lib in _PLUMBING)), named[0] if named else "")
+
+
+def _frame(frame):
+    filename, function, line = frame
+    parts = filename.replace("\\", "/").split("/")
+    return f"{'/'.join(parts[-2:])}:{line if line is not None else '?'} {function}"
+
+
+def folded_stacks(result):
+    """'comm (pid);outermost frame;...;innermost frame bytes' per site: the
+    folded form flamegraph.pl, speedscope and Grafana's flame graph read."""
+    for p in result["processes"]:
+        key = "bytes" if p["exited_at"] is None else "at_largest"
+        for s in p.get("sites", []):
+            if not s[key]:
+                continue
+            frames = [_frame(f) for f in reversed(s["python"])] or list(reversed(s["native"])) or ["(unknown)"]
+            frames = [f.replace(";", ",") for f in frames]
+            yield ";".join([f"{p['comm']} ({p['pid']})"] + frames) + f" {s[key]}"
 
 
 def _shared(result):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from ..units import fmt_bytes
 
 KINDS = ("grow", "release", "mapping", "output", "mark", "fork", "exec", "rename", "exit", "spike", "pinned",
-         "cuda", "oom", "drift", "lost", "shed", "short-lived")
+         "cuda", "oom", "drift", "lost", "shed", "short-lived", "python")
 
 
 @dataclass

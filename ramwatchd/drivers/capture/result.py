@@ -47,7 +47,20 @@ def _peak(peak, vm_hwm):
             "shmem": peak.members[3], "vm_hwm": vm_hwm}
 
 
-def _process(p):
+SITES_SAVED = 20
+
+
+def _sites(p, tracker):
+    """The code behind p's growth: its largest sites, with the bytes they hold
+    now, and at p's largest look (all a process that exited shows)."""
+    now, largest = p.sites.totals(), p.sites.at_largest
+    ranked = (now if p.alive else largest).most_common(SITES_SAVED)
+    return [{"bytes": now.get(site, 0), "at_largest": largest.get(site, 0),
+             "python": [list(frame) for frame in site.python], "native": tracker.native_names(p, site)}
+            for site, _ in ranked]
+
+
+def _process(p, tracker):
     return {
         "pid": p.pid, "start": p.start, "ppid": p.ppid, "comm": p.comm, "cmdline": p.cmdline,
         "origin": p.origin, "first_seen": p.first_seen, "exited_at": p.exited_at, "ended": p.ended_how,
@@ -61,6 +74,7 @@ def _process(p):
         "pinned_largest": _pinned(p.largest),
         "sampled_faults_by_class": p.fault_classes,
         "calls_shed": {"calls": p.shed[0], "bytes": p.shed[1]},
+        "sites": _sites(p, tracker),
         "history": [{"t": t, "vm_rss": rss, "classes": classes} for t, rss, classes in p.history],
         "reconciliation": p.reconciliation,
         "rss_steps": [[t, total] for t, total, _ in p.rss.points],
@@ -134,8 +148,9 @@ def build_result(cap):
                     "min_change": opts.min_change,
                     "spike_min_rise": opts.spike_min_rise,
                     "spike_max_hold_s": opts.spike_max_hold_s,
-                    "weight_patterns": list(opts.classifier.weight_patterns)},
-        "processes": [_process(p) for p in processes],
+                    "weight_patterns": list(opts.classifier.weight_patterns),
+                    "stacks": opts.probe.stacks},
+        "processes": [_process(p, cap.tracker) for p in processes],
         "short_lived": {"count": len(cap.timeline.short_lived),
                         "processes": _short_lived(cap.timeline.short_lived)},
         "timeline": [asdict(e) for e in cap.timeline.entries],

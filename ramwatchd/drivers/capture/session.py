@@ -16,7 +16,7 @@ from ...ledger import procfs
 from ...ledger.classes import Classifier
 from ...ledger.node import page_cache_bytes
 from ...ledger.process import (ATTACHED, FORKED, CallsShed, DriverProbed, Ended, Execed, Looked, OomKill,
-                               PinnedCall, RegionEnded, Renamed, SpikeSeen, Started)
+                               PinnedCall, RegionEnded, Renamed, SpikeSeen, StacksUnreadable, Started)
 from ...ledger.rss import DEFAULT_MAX_HOLD_S, DEFAULT_MIN_RISE, SpikeRule
 from ...ledger.tracker import Clock, LookPolicy, Tracker
 from ...units import fmt_bytes, fmt_seconds
@@ -87,7 +87,8 @@ class Capture:
         self.clock = Clock()
         self.tracker = Tracker(self.probes, self.clock, options.classifier,
                                LookPolicy(min_interval=options.refresh_interval),
-                               SpikeRule(options.spike_min_rise, options.spike_max_hold_s))
+                               SpikeRule(options.spike_min_rise, options.spike_max_hold_s),
+                               stacks=options.probe.stacks)
         self.timeline = Timeline(sink)
         self.phases = Phases(self._parent_key)
         self.phase_lines = PhaseLines(options.phase_patterns)
@@ -210,6 +211,7 @@ class Capture:
         self._apply(self.tracker.on_events(events))
         self._take_phases(events)
         now = self.now()
+        self._apply(self.tracker.catch_up(now))
         self._take_lines(now)
         self._look_due(now)
         self._apply(self.tracker.spikes(now))
@@ -379,14 +381,23 @@ class Capture:
         if r.peak < self.options.min_change:
             return    # reserved, hardly touched: a thread stack, an arena's reserve
         cache = page_cache_bytes(r.path) if r.path else None
+        site = r.call.stack
         mapping = {"pid": p.pid, "class": r.cls, "name": r.name, "start": r.start, "size": r.size,
                    "t": r.t, "ended": r.ended_at, "peak": r.peak, "peak_t": r.peak_t,
-                   "page_cache": cache, "call": r.call.describe(), "seen_by_look": r.seen_by_look}
+                   "page_cache": cache, "call": r.call.describe(), "seen_by_look": r.seen_by_look,
+                   "site": list(site.python) if site else []}
+        if site and site.python:
+            mapping["call"] += f" at {site.name()}"
         self.mappings.append(mapping)
         text = (f"{fmt_bytes(r.size)} mapped for {fmt_seconds(r.ended_at - r.t)}, resident at most "
                 f"{fmt_bytes(r.peak)}" + (f", page cache {fmt_bytes(cache)}" if cache is not None else ""))
         self._emit(Entry(r.ended_at, p.pid, p.comm, "mapping", text, cls=r.cls, name=r.name,
                          delta=r.peak, cause=mapping["call"]), p, r.t)
+
+    def _stacks_unreadable(self, item):
+        p = item.process
+        self._emit(Entry(self.now(), p.pid, p.comm, "python",
+                         f"Python stacks not readable ({item.reason}): native frames only"), p)
 
     def _spike(self, item):
         p, s = item.process, item.spike
@@ -431,13 +442,16 @@ class Capture:
 
     _news_handlers = {Started: _started, Execed: _execed, Renamed: _renamed, Ended: _ended,
                       Looked: _looked, SpikeSeen: _spike, PinnedCall: _pinned, DriverProbed: _driver,
-                      CallsShed: _shed, OomKill: _oom, RegionEnded: _region_ended}
+                      CallsShed: _shed, OomKill: _oom, RegionEnded: _region_ended,
+                      StacksUnreadable: _stacks_unreadable}
 
     # ---- periodic ----------------------------------------------------------
 
     def _housekeeping(self, now, final=False):
         self._apply(self.tracker.verify(now))
         self._apply(self.tracker.collect_shed())
+        if self.options.probe.stacks:
+            self.tracker.name_sites()
         if final or now - self._files_read >= FILES_INTERVAL_S:
             self._files_read = now
             self.page_cache_filled = self.probes.page_cache()
