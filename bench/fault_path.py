@@ -10,6 +10,8 @@ exceptions:page_fault_user, the only program a capture puts on the fault path:
   untraced   ramwatchd's capture programs, the workload not traced: what every
              other process on the node pays while a capture runs
   traced     ramwatchd's capture programs, the workload traced
+  stacks     the same with call sites on (a capture's default): one sampled
+             fault in 64 x 64 sends its stacks
   exact-rss  the programs of a capture with --exact-rss, the workload traced:
              kmem:rss_stat as a classic tracepoint joins page_fault_user
 
@@ -36,7 +38,7 @@ from common import (BenchError, add_cpu_option, add_touch_option, check_cpu, fau
 from ramwatchd.kernel.probes import ProbeError, ProbeOptions, Probes, import_bcc
 from ramwatchd.units import size_arg
 
-STATES = ("off", "empty", "untraced", "traced", "exact-rss")
+STATES = ("off", "empty", "untraced", "traced", "stacks", "exact-rss")
 # (raw or not, tracepoint, bcc's name for the program on it)
 PAGE_FAULT = (True, b"page_fault_user", b"raw_tracepoint__page_fault_user")
 RSS_STAT = (False, b"kmem:rss_stat", b"tracepoint__kmem__rss_stat")
@@ -71,24 +73,27 @@ class FaultPath:
 
     def __init__(self, pid):
         self.pid = pid
-        self.capture = Probes(ProbeOptions())                # what `ramwatchd --pid` loads
+        self.capture = Probes(ProbeOptions())                # what `ramwatchd --pid --no-stacks` loads
+        self.stacks = Probes(ProbeOptions(stacks=True))      # ... without --no-stacks
         self.exact = Probes(ProbeOptions(exact_rss=True))    # ... with --exact-rss
         empty = import_bcc().BPF(text="RAW_TRACEPOINT_PROBE(page_fault_user) { return 0; }")
         self.hooks = {"off": [], "empty": [(empty, PAGE_FAULT)],
                       "capture": [(self.capture.bpf, PAGE_FAULT)],
+                      "stacks": [(self.stacks.bpf, PAGE_FAULT)],
                       "exact": [(self.exact.bpf, PAGE_FAULT), (self.exact.bpf, RSS_STAT)]}
-        for name in ("empty", "capture", "exact"):
+        for name in ("empty", "capture", "stacks", "exact"):
             switch(self.hooks[name], on=False)
         self.attached = "off"
 
     def set(self, state):
         want, traced = {"off": ("off", None), "empty": ("empty", None), "untraced": ("capture", None),
-                        "traced": ("capture", self.capture), "exact-rss": ("exact", self.exact)}[state]
+                        "traced": ("capture", self.capture), "stacks": ("stacks", self.stacks),
+                        "exact-rss": ("exact", self.exact)}[state]
         if want != self.attached:
             switch(self.hooks[self.attached], on=False)
             switch(self.hooks[want], on=True)
             self.attached = want
-        for probes in (self.capture, self.exact):
+        for probes in (self.capture, self.stacks, self.exact):
             if probes is traced:
                 probes.trace(self.pid)
             else:
@@ -96,7 +101,7 @@ class FaultPath:
 
     def drain(self):
         """Keep the ring buffers and the fault maps from filling, as a capture does."""
-        for probes in (self.capture, self.exact):
+        for probes in (self.capture, self.stacks, self.exact):
             probes.poll(0)
             probes.drain_fault_samples()
 

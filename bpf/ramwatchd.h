@@ -187,7 +187,8 @@ struct output_event {
 
 /* Where a process's CPython interpreter is and how its structs are laid out:
  * found by user space (ramwatchd/ledger/python.py), per process. Offsets are
- * bytes into the struct named; -1 where the version has no such field. */
+ * bytes into the struct named; -1 where the version has no such field. The
+ * frame_* ones are multiples of 8 below PY_FRAME_BYTES. */
 struct py_layout {
 	u64 runtime;                    /* the address of _PyRuntime */
 	s32 runtime_interpreters_head;  /* -> the newest PyInterpreterState */
@@ -202,6 +203,8 @@ struct py_layout {
 };
 
 #define PY_FRAMES 32
+#define PY_FRAME_WORDS 8
+#define PY_FRAME_BYTES (8 * PY_FRAME_WORDS)
 #define PY_THREADS 256
 
 struct py_frame {

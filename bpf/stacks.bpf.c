@@ -53,7 +53,8 @@ static __always_inline void inherit_python(u32 parent, u32 child)
 
 /* Every frame is kept, marker frames too (3.12+'s C-stack entries, whose code
  * is the interpreter's trampoline): a branch per frame would make the
- * verifier follow 2^32 paths. User space drops them by their name. */
+ * verifier follow 2^32 paths. User space drops them by their name. A frame's
+ * fields all lie in its first PY_FRAME_BYTES: one read a frame, not three. */
 static __always_inline u32 walk_python(struct py_layout *l, u32 tid, struct stack_event *e)
 {
 	u64 tstate = thread_state(l, tid);
@@ -61,14 +62,19 @@ static __always_inline u32 walk_python(struct py_layout *l, u32 tid, struct stac
 		return STACK_NO_THREAD;
 	u64 holder = l->tstate_cframe >= 0 ? read_u64(tstate + l->tstate_cframe) : tstate;
 	u64 frame = holder ? read_u64(holder + l->current_frame) : 0;
-	u32 depth = 0;
+	u32 code = (l->frame_code >> 3) & (PY_FRAME_WORDS - 1);
+	u32 instr = (l->frame_instr >> 3) & (PY_FRAME_WORDS - 1);
+	u32 previous = (l->frame_previous >> 3) & (PY_FRAME_WORDS - 1);
 	for (int i = 0; i < PY_FRAMES; i++) {
 		if (!frame)
 			return STACK_OK;
-		e->frames[i].code = read_u64(frame + l->frame_code);
-		e->frames[i].instr = read_u64(frame + l->frame_instr);
+		u64 words[PY_FRAME_WORDS];
+		if (bpf_probe_read_user(words, sizeof(words), (void *)frame))
+			return STACK_UNREADABLE;
+		e->frames[i].code = words[code];
+		e->frames[i].instr = words[instr];
 		e->depth = i + 1;
-		frame = read_u64(frame + l->frame_previous);
+		frame = words[previous];
 	}
 	return frame ? STACK_DEEPER : STACK_OK;
 }

@@ -353,19 +353,15 @@ class ProcDir:
         """Bytes of [start, end) present in the process's page tables: what its
         RSS counts there. PAGEMAP_SCAN (Linux 6.7+) walks only that range, where
         smaps walks every mapping. None where the kernel lacks it."""
-        return self.resident_in([(start, end)])[0]
-
-    def resident_in(self, spans):
-        """resident() of each (start, end), through one open of pagemap."""
         try:
             fd = os.open("pagemap", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
         except OSError as err:
             raise _translate(err, self.pid, "pagemap") from None
         try:
-            return [_scan_present(fd, start, end) for start, end in spans]
+            return _scan_present(fd, start, end)
         except OSError as err:
             if err.errno in (errno.ENOTTY, errno.EINVAL):
-                return [None] * len(spans)
+                return None
             raise _translate(err, self.pid, "pagemap") from None
         finally:
             os.close(fd)

@@ -174,6 +174,15 @@ class Interpreter:
     path: str                       # the file holding _PyRuntime, as the process names it
     codes: dict = field(default_factory=dict, repr=False, compare=False)   # address -> _Code
 
+    def kernel_layout(self):
+        """The kernel's struct py_layout for this interpreter (bpf/ramwatchd.h)."""
+        off = self.offsets
+        return {"runtime": self.runtime, "runtime_interpreters_head": off.runtime_interpreters_head,
+                "interp_threads_head": off.interp_threads_head, "tstate_next": off.tstate_next,
+                "tstate_native_thread_id": off.tstate_native_thread_id, "tstate_cframe": off.tstate_cframe,
+                "current_frame": off.current_frame, "frame_previous": off.frame_previous,
+                "frame_code": off.frame_code, "frame_instr": off.frame_instr}
+
 
 class Site(NamedTuple):
     filename: str
@@ -336,12 +345,20 @@ def _symbols_in(handle, path, start):
         os.close(fd)
 
 
+FRAME_BYTES = 64    # the kernel reads a frame's first 64 bytes at once (bpf/stacks.bpf.c)
+
+
 def _offsets(mem, version, hexversion, runtime):
     if version[:2] in _OFFSETS:
-        return _OFFSETS[version[:2]]
-    if version[:2] == (3, 13):
-        return _debug_offsets(mem, version, hexversion, runtime)
-    raise Unsupported(f"Python {_dotted(version)}: not supported (3.11 to 3.13 are)")
+        offsets = _OFFSETS[version[:2]]
+    elif version[:2] == (3, 13):
+        offsets = _debug_offsets(mem, version, hexversion, runtime)
+    else:
+        raise Unsupported(f"Python {_dotted(version)}: not supported (3.11 to 3.13 are)")
+    if any(off % 8 or not 0 <= off < FRAME_BYTES
+           for off in (offsets.frame_previous, offsets.frame_code, offsets.frame_instr)):
+        raise Unsupported(f"Python {_dotted(version)}: a frame's fields lie beyond its first {FRAME_BYTES} bytes")
+    return offsets
 
 
 def _debug_offsets(mem, version, hexversion, runtime):

@@ -239,7 +239,7 @@ class Tracker:
         p.dirty = False
         if parent is not None and parent.python is not None:   # a copy of its parent's memory
             p.python = parent.python
-            self.kernel.set_python(p.pid, _layout(p.python))
+            self.kernel.set_python(p.pid, p.python.kernel_layout())
         self._add(p)
         return news + [Started(p)]
 
@@ -455,7 +455,7 @@ class Tracker:
         except procfs.ProcessError:
             return []
         p.python_decided_at = self.clock.now()
-        self.kernel.set_python(p.pid, _layout(p.python))
+        self.kernel.set_python(p.pid, p.python.kernel_layout())
         return []
 
     def _forget_python(self, p):
@@ -868,16 +868,6 @@ def _measured_at(p, addr):
     """addr lies in a range whose resident bytes its own site holds."""
     region = p.regions.at(addr)
     return region is not None and region in p.sites.ranges
-
-
-def _layout(interp):
-    """The kernel's struct py_layout for an interpreter (bpf/ramwatchd.h)."""
-    off = interp.offsets
-    return {"runtime": interp.runtime, "runtime_interpreters_head": off.runtime_interpreters_head,
-            "interp_threads_head": off.interp_threads_head, "tstate_next": off.tstate_next,
-            "tstate_native_thread_id": off.tstate_native_thread_id, "tstate_cframe": off.tstate_cframe,
-            "current_frame": off.current_frame, "frame_previous": off.frame_previous,
-            "frame_code": off.frame_code, "frame_instr": off.frame_instr}
 
 
 def _why(err):
