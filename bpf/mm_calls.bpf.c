@@ -75,6 +75,12 @@ static __always_inline bool brk_moved(u32 tgid, s64 brk)
 	return true;
 }
 
+/* The calls whose stack says who made memory: not those that only free it. */
+static __always_inline bool makes_memory(u32 kind)
+{
+	return kind == EV_MMAP || kind == EV_MREMAP || kind == EV_BRK || kind == EV_SHMAT;
+}
+
 /* Complete the thread's kept call with its result and send it, timed at
  * the exit: the moment the mapping exists (or is gone). */
 static __always_inline void call_exit(void *ctx, s64 ret)
@@ -87,7 +93,7 @@ static __always_inline void call_exit(void *ctx, s64 ret)
 		inflight.delete(&tid);
 		return;
 	}
-	if (STACKS)
+	if (STACKS && makes_memory(call->head.kind))
 		send_stack(ctx, 0);     /* just before the call: user space pairs them by thread */
 	call->head.ts_ns = bpf_ktime_get_ns();
 	switch (call->head.kind) {

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ramwatchd.ledger import procfs
-from ramwatchd.ledger.python import Site, Unsupported, find_interpreter, frame_site, walk_stack
+from ramwatchd.ledger.python import Site, Unsupported, find_interpreter, read_frame, walk_stack
 
 TARGET = '''\
 import os
@@ -120,7 +120,10 @@ def marked(script, marker):
 
 def sites(handle, interp, tid):
     frames = walk_stack(handle, interp, tid)
-    return None if frames is None else [frame_site(handle, interp, code, instr) for code, instr in frames]
+    if frames is None:
+        return None
+    read = [read_frame(handle, interp, code, instr) for code, instr in frames]
+    return [frame and frame.site() for frame in read]
 
 
 def blocked_sites(handle, interp, tid, innermost_line):
@@ -166,9 +169,9 @@ def test_what_is_not_a_live_code_object_names_no_site(target, exe):
     interp = find_interpreter(t.handle)
     code = t.said["gone"][0]            # a code object the target freed
     adaptive = interp.offsets.code_adaptive
-    assert frame_site(t.handle, interp, code, code + adaptive) is None
-    assert frame_site(t.handle, interp, 8, 8 + adaptive) is None                      # unmapped
-    assert frame_site(t.handle, interp, interp.runtime, interp.runtime + adaptive) is None   # not a code object
+    assert read_frame(t.handle, interp, code, code + adaptive) is None
+    assert read_frame(t.handle, interp, 8, 8 + adaptive) is None                      # unmapped
+    assert read_frame(t.handle, interp, interp.runtime, interp.runtime + adaptive) is None   # not a code object
     assert walk_stack(t.handle, interp, 1) is None      # a thread id of no thread of the target
     t.end()
 

@@ -70,7 +70,7 @@ def capture_until(tmp_path, argv, ready):
 
 def held(process):
     """Site dicts of a process with the bytes they hold at its last look."""
-    key = "bytes" if process["exited_at"] is None else "at_largest"
+    key = "bytes" if process["exited_at"] is None else "highest"
     return [(s, s[key]) for s in process["sites"]]
 
 

@@ -9,7 +9,7 @@ SYMBOLS = ("cuMemHostAlloc", "cuMemAllocHost", "cuMemAllocHost_v2", "cuMemHostRe
 
 def is_driver(path):
     """A mapped file that is the CUDA driver library (libcuda.so.1, libcuda.so.580.159...)."""
-    return os.path.basename(path).startswith("libcuda.so")
+    return "libcuda.so" in path and os.path.basename(path).startswith("libcuda.so")
 
 
 def driver_paths(environ):

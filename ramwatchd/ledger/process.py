@@ -63,8 +63,10 @@ class Process:
     python: object = None      # its python.Interpreter, once found (with --stacks)
     python_tries: int = 0
     python_decided_at: float = None   # when it was found, or refused
+    python_asked_at: float = -1e9
     sites: SiteBook = field(default_factory=SiteBook)   # the code behind its growth
     driver_checked: bool = False   # its maps were searched for the CUDA driver since its exec
+    maps_searched_at: float = -1e9
     watched: bool = True           # the daemon looks only at processes in a group
     handle: object = None          # its procfs.ProcDir while it is open
 

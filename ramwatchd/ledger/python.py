@@ -15,9 +15,9 @@ The walk (walk_stack; the BPF side repeats it with bpf_probe_read_user):
              less the shims that CPython pushes where C calls into Python
              (owner == FRAME_OWNED_BY_CSTACK, 3.12+)
 
-No thread-local storage is needed: the thread list is global. frame_site then
-names a (code object, instruction) pair: file, function and line, from the code
-object's co_linetable.
+No thread-local storage is needed: the thread list is global. read_frame then
+reads the code object of a (code object, instruction) pair: a Frame, whose file,
+function and line (from the code object's co_linetable) it names when asked.
 
 find_interpreter locates _PyRuntime through the symbol tables of libpython or
 of the executable, and reads Py_Version from the process. The offsets of the
@@ -25,6 +25,7 @@ fields followed come from a table for 3.11 and 3.12, and from the process
 itself for 3.13, which publishes them (_Py_DebugOffsets) at the start of
 _PyRuntime for debuggers.
 """
+import bisect
 import errno
 import os
 import re
@@ -234,8 +235,8 @@ def walk_stack(handle, interp, native_tid, max_frames=32):
         return frames
 
 
-def frame_site(handle, interp, code_addr, instr_addr):
-    """The Site of the instruction at instr_addr in the code object at
+def read_frame(handle, interp, code_addr, instr_addr):
+    """The Frame of the instruction at instr_addr in the code object at
     code_addr, or None where that code object is gone (its memory unmapped,
     freed, or holding something else now)."""
     if not code_addr or not instr_addr:
@@ -249,41 +250,81 @@ def frame_site(handle, interp, code_addr, instr_addr):
         if code is None or not code.holds(index):
             return None
         interp.codes[code_addr] = code
-    return Site(code.filename, code.function, code.line_at(index))
+    return Frame(code, index)
+
+
+class Frame:
+    """A Python frame as the kernel saw it: a code object, and the code unit
+    it was at. Its line is worked out when it is asked for: most frames are
+    never shown, and a module's line table has thousands of entries."""
+    __slots__ = ("code", "index")
+
+    def __init__(self, code, index):
+        self.code, self.index = code, index
+
+    def __eq__(self, other):
+        return isinstance(other, Frame) and self.code is other.code and self.index == other.index
+
+    def __hash__(self):
+        return hash((id(self.code), self.index))
+
+    @property
+    def function(self):
+        return self.code.function
+
+    def site(self):
+        return Site(self.code.filename, self.code.function, self.code.line_at(self.index))
 
 
 def line_of(linetable, firstlineno, index):
     """The line of the instruction at code unit `index` by a co_linetable, the
     location table of PEP 657 (CPython's Objects/locations.md), found as
-    _PyCode_CheckLineNumber finds it; None for an instruction with no line.
+    _PyCode_CheckLineNumber finds it; None for an instruction with no line."""
+    return line_in(line_table(linetable, firstlineno), firstlineno, index)
+
+
+def line_table(linetable, firstlineno):
+    """(ends, lines): entry i covers the code units up to ends[i], on
+    lines[i] (None: no location). Read once per code object: a module's
+    table has thousands of entries.
 
     Each entry covers 1-8 code units and starts with a byte with its top bit
     set: bits 3-6 its kind, bits 0-2 its length less one. Kinds 13 (no
     columns) and 14 (long) move the line by a signed varint after that byte,
     10-12 by kind - 10, the short forms 0-9 not at all; 15 means no location."""
-    if index < 0:
-        return firstlineno      # a frame not started yet, as PyCode_Addr2Line says
-    line, start, pos = firstlineno, 0, 0
-    while pos < len(linetable):
+    ends, lines = [], []
+    line, end, pos, size = firstlineno, 0, 0, len(linetable)
+    while pos < size:
         kind, units = linetable[pos] >> 3 & 15, (linetable[pos] & 7) + 1
         if kind in (13, 14):
             line += _signed_varint(linetable, pos + 1)
         elif 10 <= kind <= 12:
             line += kind - 10
-        if index < start + units:
-            return None if kind == 15 else line
-        start += units
+        end += units
+        ends.append(end)
+        lines.append(None if kind == 15 else line)
         pos += 1
-        while pos < len(linetable) and not linetable[pos] & 0x80:
+        while pos < size and not linetable[pos] & 0x80:
             pos += 1
-    return None
+    return ends, lines
+
+
+def line_in(table, firstlineno, index):
+    """The line of code unit `index` by a line_table."""
+    if index < 0:
+        return firstlineno      # a frame not started yet, as PyCode_Addr2Line says
+    ends, lines = table
+    i = bisect.bisect_right(ends, index)
+    return lines[i] if i < len(lines) else None
 
 
 def _signed_varint(table, pos):
     """locations.md's svarint: 6-bit chunks, lowest first, bit 6 set where
     another follows; the value's lowest bit is its sign."""
     value = shift = 0
-    for byte in table[pos:]:
+    while pos < len(table):
+        byte = table[pos]
+        pos += 1
         value |= (byte & 63) << shift
         shift += 6
         if not byte & 64:
@@ -327,18 +368,30 @@ def _mapped_files(handle):
     return out
 
 
+_SYMBOLS_KEPT = 256
+_symbol_cache = {}      # (device, inode, mtime) -> {symbol: value in the file}
+
+
 def _symbols_in(handle, path, start):
     """{symbol: address in the process} of the symbols needed that `path`
     defines, the file read through /proc/PID/root: in a container, the
-    container's file. {} where it cannot be read (deleted since it was mapped)."""
+    container's file. {} where it cannot be read (deleted since it was mapped).
+    A file's symbols are read once: a shell script execs the same programs
+    again and again, and a server's processes share one libpython."""
     try:
         fd = os.open("root" + path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=handle.fd)
     except OSError:
         return {}
     try:
-        elf = ElfFile(fd)
-        load_bias = start - elf.file_start_vaddr()
-        return {name: load_bias + value for name, value in elf.symbols(_NEEDED + (_VERSION,)).items()}
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        if key not in _symbol_cache:
+            elf = ElfFile(fd)
+            if len(_symbol_cache) >= _SYMBOLS_KEPT:
+                _symbol_cache.clear()
+            _symbol_cache[key] = (elf.file_start_vaddr(), elf.symbols(_NEEDED + (_VERSION,)))
+        file_start, symbols = _symbol_cache[key]
+        return {name: start - file_start + value for name, value in symbols.items()}
     except (ElfError, OSError):
         return {}
     finally:
@@ -439,7 +492,7 @@ def _current_frame(mem, off, tstate):
 
 # --- code objects ---
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Code:
     """What a code object says of where its instructions are."""
     filename: str
@@ -447,17 +500,16 @@ class _Code:
     firstlineno: int
     linetable: bytes
     units: int                      # code units in co_code_adaptive
-    lines: dict = field(default_factory=dict, compare=False)   # index -> line, as they are asked for
+    table: list = field(default_factory=list, compare=False)   # [line_table], once asked for
 
     def holds(self, index):
         # -1: a frame not started yet points before its first instruction (3.11, 3.12)
         return -1 <= index < self.units
 
     def line_at(self, index):
-        """line_of, once per instruction: a loop's call is asked for again and again."""
-        if index not in self.lines:
-            self.lines[index] = line_of(self.linetable, self.firstlineno, index)
-        return self.lines[index]
+        if not self.table:
+            self.table.append(line_table(self.linetable, self.firstlineno))
+        return line_in(self.table[0], self.firstlineno, index)
 
 
 def _read_code(mem, interp, address):

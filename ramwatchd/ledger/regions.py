@@ -106,7 +106,7 @@ class Regions:
     def __init__(self):
         self._starts = []
         self._ranges = []
-        self._large_cache = None
+        self._large = []     # the few large ones, asked for at every look and counters read
 
     @property
     def live(self):
@@ -119,7 +119,8 @@ class Regions:
         i = bisect.bisect_left(self._starts, region.start)
         self._starts.insert(i, region.start)
         self._ranges.insert(i, region)
-        self._large_cache = None
+        if region.large:
+            self._large.append(region)
         return ended
 
     def cut(self, start, end, t):
@@ -141,15 +142,15 @@ class Regions:
                     r.end = start          # its upper end
                 # A hole in its middle: it keeps its bounds; the hole holds no pages.
                 kept.append(r)
-        if ended or kept != self._ranges[first:last]:
+        if ended or kept:
             self._ranges[first:last] = kept
             self._starts[first:last] = [r.start for r in kept]
-            self._large_cache = None
+        if any(r.large for r in ended):
+            self._large = [r for r in self._large if r.ended_at is None]
         return ended
 
     def end_all(self, t):
-        ended, self._ranges, self._starts = self._ranges, [], []
-        self._large_cache = None
+        ended, self._ranges, self._starts, self._large = self._ranges, [], [], []
         for r in ended:
             r.ended_at = t
         return ended
@@ -157,8 +158,8 @@ class Regions:
     def making(self, name):
         """The live large range an object of this name is: a file mapped, or
         anonymous memory named after the call that made it."""
-        for r in self._ranges:
-            if r.large and r.name == name:
+        for r in self._large:
+            if r.name == name:
                 return r
         return None
 
@@ -174,11 +175,7 @@ class Regions:
         return [r for r in self._ranges if r.call.stack is not None and r.cls != DEVICE]
 
     def large(self):
-        """The live large ranges: asked for at every look and counters read,
-        so the few are kept apart from the thousands of small ones."""
-        if self._large_cache is None:
-            self._large_cache = [r for r in self._ranges if r.large]
-        return self._large_cache
+        return list(self._large)
 
     def measured(self):
         """The live large ranges worth measuring: not a library's code, whose

@@ -18,21 +18,32 @@ resident bytes (not in bytes asked for).
 """
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 INTERPRETER_SHIM = "<interpreter trampoline>"   # 3.12's marker frame where C calls into Python
 
 
 @dataclass(frozen=True)
 class Site:
-    python: tuple      # ((filename, function, line), ...), innermost first
+    python: tuple      # python.Frame, innermost first
     native: tuple      # return addresses, innermost first
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_hash", hash((self.python, self.native)))   # a key of many dicts
+
+    def __hash__(self):
+        return self._hash
 
     def name(self):
         """The innermost Python frame, as a person looks for it: 'dir/file.py:412 function'."""
         if not self.python:
             return "(no Python frame)"
-        return frame_name(self.python[0])
+        return frame_name(self.python[0].site())
+
+    def frames(self):
+        """[(filename, function, line)], innermost first."""
+        return [list(frame.site()) for frame in self.python]
 
 
 def frame_name(frame):
@@ -50,11 +61,13 @@ class SiteBook:
 
     def __init__(self):
         self.waiting = {}          # tid -> Site of the call that thread sends next
+        self.known = {}            # (the kernel's Python frames, native frames) -> their Site
         self.faults = []           # (address, Site) sampled since the last look
         self.ranges = {}           # Region -> (object key, resident bytes at its last measure)
         self.released = Counter()  # object key -> bytes of its ranges unmapped since the last look
         self.loose = {}            # object key -> Counter(Site -> bytes) outside measured ranges
-        self.at_largest = Counter()    # Site -> bytes, at the process's largest look
+        self.now = Counter()       # Site -> bytes, at the last look
+        self.highest = Counter()   # Site -> bytes, at its highest: at a look, or a large range's measure
 
     def fault(self, address, site):
         self.faults.append((address, site))
@@ -86,6 +99,17 @@ class SiteBook:
                 del self.loose[key]
         self.released.clear()
         self.faults = []
+        self.now = self.totals()
+        for site, held in self.now.items():
+            self.highest[site] = max(self.highest[site], held)
+
+    def range_measured(self, region, resident):
+        """A large range measured between looks (a KV cache filled and freed
+        between two looks of a process with a thousand mappings): its site's
+        highest counts it as it is now."""
+        site = region.call.stack
+        _, at_look = self.ranges.get(region, (None, 0))
+        self.highest[site] = max(self.highest[site], self.now[site] - at_look + resident)
 
     def totals(self):
         """Site -> bytes held now."""

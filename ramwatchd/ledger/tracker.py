@@ -32,12 +32,15 @@ from .sites import INTERPRETER_SHIM, Site, SiteBook
 BIG_CALL_BYTES = 64 << 20   # a call this large reads the counters whatever the rate
 MAX_CALLS_KEPT = 4096       # per process between two looks; the largest are kept
 RENAME_HOLD_NS = 50_000_000
-PYTHON_TRIES = 3            # looks at which a process's interpreter is looked for
+PYTHON_TRIES = 3            # times a process's interpreter is looked for, PYTHON_RETRY_S apart
+PYTHON_RETRY_S = 0.1
 NATIVE_FRAMES_KEPT = 16
+STACKS_KNOWN = 4096         # per process, the stacks whose Site is kept for their next time
 TOP_SITES_NAMED = 8         # a process's largest sites get their native frames named as it runs
 VANISHED_GRACE_S = 1.0      # a process found gone is ended then if no exit event came
 REGION_MOVE_BYTES = 1 << 20 # a process's large ranges are measured again once its RSS moved this much
 FAULTS_INTERVAL_S = 0.1     # the kernel's fault samples are taken no more often
+MAPS_SEARCH_INTERVAL_S = 1.0   # a process's maps are searched for the CUDA driver no more often
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Tracker:
         self._faults_collected = -1e9
         self._last_of = {}                  # pid -> the last process that had it
         self._symbols = {}                  # (pid, address) -> its native symbol
+        self._python_unknown = {}           # pid -> a process whose interpreter is not known yet
         self._handlers = {Fork: self._on_fork, Exec: self._on_exec, Rename: self._on_rename,
                           Exit: self._on_exit, CudaCall: self._on_cuda, Stack: self._on_stack,
                           OomVictim: self._on_oom}
@@ -162,6 +166,8 @@ class Tracker:
         self._last_of[p.pid] = p
         self.processes[p.key] = p
         self.ignored.pop(p.pid, None)
+        if self.stacks and p.python is None:
+            self._python_unknown[p.pid] = p
         return stale
 
     def find(self, pid):
@@ -258,7 +264,9 @@ class Tracker:
         p.rss.new_image()
         p.vm_hwm = 0
         if p.python_decided_at is None or p.python_decided_at < t:
-            self._forget_python(p)   # the old program's (a look may have read the new one's already)
+            self._forget_python(p)   # the old program's (the new one's may have been read already)
+            if self.stacks:
+                self._python_unknown[p.pid] = p
         p.pinned.clear()
         p.driver_checked = False
         p.latest = None            # the next look is the new program's first: no releases
@@ -368,7 +376,10 @@ class Tracker:
         try:
             handle = self._handle(p)
             for r in due:
-                r.measured(now, handle.resident(r.start, r.end))
+                resident = handle.resident(r.start, r.end)
+                r.measured(now, resident)
+                if resident is not None and r.call.stack is not None:
+                    p.sites.range_measured(r, resident)
         except procfs.ProcessError as err:
             return self._ended_by(p, now, err)
         return []
@@ -424,51 +435,75 @@ class Tracker:
         return []
 
     def _site(self, p, ev):
-        """The Site of a kernel Stack: its Python frames named from their code
-        objects (3.12's trampoline frames dropped), its native return addresses."""
-        frames = []
+        """The Site of a kernel Stack: its Python frames read from their code
+        objects (3.12's trampoline frames dropped), its native return
+        addresses. A loop sends the same stack again and again: it is read once."""
+        native = tuple(self.kernel.native_frames(ev.native_stack)[:NATIVE_FRAMES_KEPT])
+        key = (ev.frames, native)
+        site = p.sites.known.get(key)
+        if site is None:
+            if len(p.sites.known) >= STACKS_KNOWN:
+                p.sites.known.clear()
+            site = p.sites.known[key] = Site(self._python_frames(p, ev.frames), native)
+        return site
+
+    def _python_frames(self, p, frames):
+        out = []
         if p.python is not None and p.vanished_at is None:
             try:
                 handle = self._handle(p)
-                for code, instr in ev.frames:
-                    site = python.frame_site(handle, p.python, code, instr)
-                    if site is not None and site.function != INTERPRETER_SHIM:
-                        frames.append(tuple(site))
+                for code, instr in frames:
+                    frame = python.read_frame(handle, p.python, code, instr)
+                    if frame is not None and frame.function != INTERPRETER_SHIM:
+                        out.append(frame)
             except procfs.ProcessError:
                 pass
-        return Site(tuple(frames), tuple(self.kernel.native_frames(ev.native_stack)[:NATIVE_FRAMES_KEPT]))
+        return tuple(out)
 
-    def _find_python(self, p):
-        """Find p's interpreter for the kernel's stack walk. A program still
-        starting up (its libpython not mapped yet) is asked again at its next
-        looks; one that is Python but cannot be read says why, once."""
-        if not self.stacks or p.python is not None or p.python_tries >= PYTHON_TRIES:
-            return []
-        p.python_tries += 1
+    def find_pythons(self, now):
+        """Find the interpreters of processes started or exec'd since, apart
+        from looks: a server's first look can wait seconds for its turn, and
+        the imports made meanwhile would have no Python frames. One still
+        starting (its libpython not mapped yet) is asked again PYTHON_RETRY_S
+        later; one that is Python but cannot be read says why, once."""
+        news = []
+        for pid, p in list(self._python_unknown.items()):
+            if self.alive.get(pid) is not p or p.python is not None or p.python_tries >= PYTHON_TRIES:
+                del self._python_unknown[pid]
+            elif not self._young(p) and now - p.python_asked_at >= PYTHON_RETRY_S:
+                news += self._find_python(p, now)
+        return news
+
+    def _find_python(self, p, now):
+        p.python_asked_at = now
         try:
-            p.python = python.find_interpreter(self._handle(p))
+            handle = self._handle(p)
+            if handle.status().name != p.comm:
+                return []       # an exec or a rename is on its way: ask after it
+            p.python_tries += 1
+            p.python = python.find_interpreter(handle)
         except python.NotYet:
             return []
         except python.Unsupported as err:
-            p.python_tries, p.python_decided_at = PYTHON_TRIES, self.clock.now()
+            p.python_tries, p.python_decided_at = PYTHON_TRIES, now
             return [StacksUnreadable(p, str(err))]
         except procfs.ProcessError:
             return []
-        p.python_decided_at = self.clock.now()
+        p.python_decided_at = now
         self.kernel.set_python(p.pid, p.python.kernel_layout())
         return []
 
     def _forget_python(self, p):
         if p.python is not None:
             self.kernel.set_python(p.pid, None)
-        p.python, p.python_tries, p.python_decided_at = None, 0, None
+        p.python, p.python_tries, p.python_decided_at, p.python_asked_at = None, 0, None, -1e9
 
     def name_sites(self):
         """Name the native frames of each live process's largest sites now,
         while its libraries can be read (the symbolizer reads its maps): at
         the end, some will have exited."""
         for p in self.alive.values():
-            for site, _ in p.sites.totals().most_common(TOP_SITES_NAMED):
+            for site, _ in p.sites.highest.most_common(TOP_SITES_NAMED):
                 self.native_names(p, site)
 
     def native_names(self, p, site):
@@ -553,10 +588,15 @@ class Tracker:
         /proc/PID/root, a container's own copy is reached too."""
         if p.driver_checked:
             return []
+        now = self.clock.now()
         try:
             handle = self._handle(p)
             path = handle.map_file(call.ret, call.ret + regions.pages(call.length))
-            paths = [path] if path is not None else [path for _, _, path in handle.maps()]
+            if path is None and now - p.maps_searched_at >= MAPS_SEARCH_INTERVAL_S:
+                p.maps_searched_at = now    # an import maps a hundred libraries in a second
+                paths = [path for _, _, path in handle.maps()]
+            else:
+                paths = [path] if path is not None else []
         except procfs.ProcessError:
             return []
         return self._probe_drivers(p, {path for path in paths if cuda.is_driver(path)})
@@ -650,14 +690,10 @@ class Tracker:
         changes = [] if min_change is None else self._changes(p, moved, min_change, object_faults)
         if self.stacks:
             self._settle_sites(p, moved, snap)
-            if p.largest is snap:
-                p.sites.at_largest = p.sites.totals()
         p.calls.clear()
         if prev is not None and prev is not p.baseline and prev is not p.largest:
             prev.forget_detail()    # only baseline, largest and latest keep mapping detail
         news = [Looked(p, snap, changes)]
-        if snap.status.name == p.comm:   # else an exec or a rename is on its way: ask after it
-            news += self._find_python(p)
         if not p.driver_checked:
             news += self._probe_drivers(p, {o.name for o in snap.objects.values() if cuda.is_driver(o.name)})
         return news

@@ -23,11 +23,12 @@ def load(path):
     return data
 
 
-def _table(rows, header):
+def _table(rows, header, left=(0, 1)):
+    """Columns in `left` aligned left, the others (figures) right."""
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     def line(r):
-        return "  " + "  ".join(str(c).ljust(w) if i == 0 or i == 1 else str(c).rjust(w)
-                                for i, (c, w) in enumerate(zip(r, widths)))
+        return "  " + "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                                for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return "\n".join([line(header)] + [line(r) for r in rows])
 
 
@@ -184,32 +185,46 @@ def _phases(result):
             _table(table, ["began", "named by", "phase", "pids", "change", "came and went"])]
 
 
+SITES_SHOWN = 6   # a process's largest sites in the summary
+
+
 def _sites(result):
-    """What code holds each process's growth, in resident bytes now, folded
-    by Python stack (a site's native frames vary with the path C took)."""
+    """What code holds each process's growth, folded by Python stack (a
+    site's native frames vary with the path C took)."""
     if not result["options"].get("stacks"):
         return []
     rows = []
     for p in result["processes"]:
         held = _held_by_python_stack(p)
-        total = sum(b for b, _ in held.values())
-        for python, (held_bytes, native) in sorted(held.items(), key=lambda kv: -kv[1][0])[:6]:
-            if held_bytes < result["options"]["min_change"] / 4:
+        total = sum(n for n, _ in held.values())
+        for python, (n, native) in sorted(held.items(), key=lambda kv: -kv[1][0])[:SITES_SHOWN]:
+            if n < result["options"]["min_change"] / 4:
                 continue
+            where, caller = _where(python)
             rows.append([str(p["pid"]), p["comm"][:15] + (" (exited)" if p["exited_at"] is not None else ""),
-                         fmt_bytes(held_bytes), f"{held_bytes / total:.0%}",
-                         " < ".join(_frame(f) for f in python[:3]) or "(no Python frame)", native[:50]])
+                         fmt_bytes(n), f"{n / total:.0%}", where, caller, native[:60]])
     if not rows:
         return []
-    return [_section("growth by call site (resident now, or at an exited process's largest look; "
-                     "innermost Python frame first)"),
-            _table(rows, ["pid", "comm", "resident", "share", "site", "native"])]
+    return [_section("growth by call site (held at the last look; by an exited process, at their highest)"),
+            _table(rows, ["pid", "comm", "resident", "share", "site", "called from", "native"],
+                   left={0, 1, 4, 5, 6})]
+
+
+def _where(python):
+    """(site, its caller) as a person reads them: the innermost frame outside
+    the import machinery (a library loaded by an import is the import's)."""
+    frames = [tuple(f) for f in python]
+    own = [f for f in frames if not f[0].startswith("<frozen importlib")]
+    if not own:
+        return ("(no Python frame)" if not frames else _frame(frames[0])), ""
+    where = _frame(own[0]) + (" (import)" if own[0] is not frames[0] else "")
+    return where, _frame(own[1]) if len(own) > 1 else ""
 
 
 def _held_by_python_stack(p):
     """Python stack -> (bytes held, the native frame of interest of its
     largest native variant)."""
-    key = "bytes" if p["exited_at"] is None else "at_largest"
+    key = "bytes" if p["exited_at"] is None else "highest"
     held = {}
     for s in p.get("sites", []):
         python = tuple(tuple(f) for f in s["python"])
@@ -240,7 +255,7 @@ def folded_stacks(result):
     """'comm (pid);outermost frame;...;innermost frame bytes' per site: the
     folded form flamegraph.pl, speedscope and Grafana's flame graph read."""
     for p in result["processes"]:
-        key = "bytes" if p["exited_at"] is None else "at_largest"
+        key = "bytes" if p["exited_at"] is None else "highest"
         for s in p.get("sites", []):
             if not s[key]:
                 continue

@@ -51,12 +51,12 @@ SITES_SAVED = 20
 
 
 def _sites(p, tracker):
-    """The code behind p's growth: its largest sites, with the bytes they hold
-    now, and at p's largest look (all a process that exited shows)."""
-    now, largest = p.sites.totals(), p.sites.at_largest
-    ranked = (now if p.alive else largest).most_common(SITES_SAVED)
-    return [{"bytes": now.get(site, 0), "at_largest": largest.get(site, 0),
-             "python": [list(frame) for frame in site.python], "native": tracker.native_names(p, site)}
+    """The code behind p's growth: its largest sites, with the bytes they held
+    at p's last look and at their highest (all a process that exited shows)."""
+    now, highest = p.sites.now, p.sites.highest
+    ranked = (now if p.exited_at is None else highest).most_common(SITES_SAVED)
+    return [{"bytes": now.get(site, 0), "highest": highest.get(site, 0),
+             "python": site.frames(), "native": tracker.native_names(p, site)}
             for site, _ in ranked]
 
 

@@ -212,6 +212,8 @@ class Capture:
         self._take_phases(events)
         now = self.now()
         self._apply(self.tracker.catch_up(now))
+        if self.options.probe.stacks:
+            self._apply(self.tracker.find_pythons(now))
         self._take_lines(now)
         self._look_due(now)
         self._apply(self.tracker.spikes(now))
@@ -385,7 +387,7 @@ class Capture:
         mapping = {"pid": p.pid, "class": r.cls, "name": r.name, "start": r.start, "size": r.size,
                    "t": r.t, "ended": r.ended_at, "peak": r.peak, "peak_t": r.peak_t,
                    "page_cache": cache, "call": r.call.describe(), "seen_by_look": r.seen_by_look,
-                   "site": list(site.python) if site else []}
+                   "site": site.frames() if site else []}
         if site and site.python:
             mapping["call"] += f" at {site.name()}"
         self.mappings.append(mapping)
