@@ -1,6 +1,9 @@
 /* ---- Page cache filled by traced processes, per (device, inode) --------- */
 
 BPF_HASH(files, struct file_key, struct file_cache, 16384);
+/* The files worth a name, once each: a server's start-up reads thousands of
+ * small sources, and naming a file means looking through open descriptors. */
+BPF_HASH(files_named, struct file_key, u8, 1024);
 
 TRACEPOINT_PROBE(filemap, mm_filemap_add_to_page_cache)
 {
@@ -14,6 +17,11 @@ TRACEPOINT_PROBE(filemap, mm_filemap_add_to_page_cache)
 		return 0;
 	}
 	__sync_fetch_and_add(&fc->added, (u64)PAGE_BYTES << args->order);
+	if (!fc->named && fc->added >= NAMED_FILE_BYTES) {
+		u8 one = 1;
+		fc->named = 1;  /* racing CPUs at most send it twice */
+		files_named.update(&key, &one);
+	}
 	return 0;
 }
 

@@ -295,6 +295,8 @@ struct file_key {
 struct file_cache {
 	u64 added;     /* bytes put in the page cache by traced processes */
 	u64 removed;   /* bytes of those files dropped from it since */
+	u32 named;     /* sent to files_named: it has grown past NAMED_FILE_BYTES */
+	u32 pad;
 };
 
 struct fault_key {

@@ -3,6 +3,7 @@ programs the options select, and exposes what they collect: typed events, and
 the aggregates kept in the kernel (fault samples per region, page cache per
 file, calls shed per process, what could not be recorded).
 """
+import atexit
 import ctypes
 import os
 import re
@@ -16,6 +17,7 @@ from . import cuda, records
 TRACEFS = Path("/sys/kernel/tracing")
 TRACED_SLOTS = 16384
 LARGE_CALL_BYTES = 64 << 20    # mm calls this large have a rate budget of their own
+NAMED_FILE_BYTES = 1 << 20     # files that filled less page cache go unnamed and unshown
 _RELEASING = {2, 3, 5}         # EV_MUNMAP, EV_MREMAP, EV_MADVISE in bpf/ramwatchd.h
 MAX_EVENTS_PER_POLL = 20000    # one poll's share, so that looks and lines keep their pace
 STAT_NAMES = ("events_lost", "children_not_followed", "fault_regions_full", "files_full",
@@ -102,6 +104,7 @@ class ProbeOptions:
                 f"-DMIN_SYSCALL_BYTES={self.min_syscall_bytes}UL",
                 f"-DMAX_CALLS_PER_S={self.max_calls_per_s}",
                 f"-DLARGE_CALL_BYTES={LARGE_CALL_BYTES}UL",
+                f"-DNAMED_FILE_BYTES={NAMED_FILE_BYTES}UL",
                 f"-DMAX_WRITES_PER_S={self.max_writes_per_s}",
                 f"-DFAULT_SAMPLE_PERIOD={self.fault_sample_period}",
                 f"-DSTACKS={int(self.stacks)}",
@@ -305,11 +308,20 @@ class Probes:
                 for key, v in self.bpf["shed"].items_lookup_and_delete_batch()}
 
     def page_cache(self):
-        """{(dev, ino): (added, removed)} bytes, cumulative; dev as stat() gives it."""
+        """{(dev, ino): (added, removed)} bytes, cumulative, of the files that
+        filled NAMED_FILE_BYTES or more; dev as stat() gives it."""
         if not self.options.page_cache_fills:
             return {}
         return {(kernel_dev_to_userspace(k.dev), k.ino): (v.added, v.removed)
-                for k, v in self.bpf["files"].items_lookup_batch()}
+                for k, v in self.bpf["files"].items_lookup_batch() if v.named}
+
+    def files_to_name(self):
+        """{(dev, ino)} of the files that have filled NAMED_FILE_BYTES since the
+        last call: few, where page_cache() reads thousands of entries."""
+        if not self.options.page_cache_fills:
+            return set()
+        return {(kernel_dev_to_userspace(k.dev), k.ino)
+                for k, _ in self.bpf["files_named"].items_lookup_and_delete_batch()}
 
     def stats(self):
         table = self.bpf["stats"]
@@ -358,17 +370,33 @@ class Probes:
         return out
 
     def close(self):
-        """Detach everything. Each detach waits for the kernel's RCU grace
-        periods (~60 ms a tracepoint): done all at once, not one by one."""
-        detaching = [threading.Thread(target=self.bpf.detach_tracepoint, args=(tp,))
-                     for tp in list(self.bpf.tracepoint_fds)]
-        detaching += [threading.Thread(target=self.bpf.detach_raw_tracepoint, args=(tp,))
-                      for tp in list(self.bpf.raw_tracepoint_fds)]
+        """Detach everything; returns what could not be detached cleanly, each
+        in a line (the kernel releases it anyway as this process exits). Each
+        detach waits for the kernel's RCU grace periods (~60 ms a tracepoint):
+        done all at once, not one by one."""
+        problems = []
+
+        def detach(undo, attached, name):
+            try:
+                undo(name)
+            except Exception as err:   # bcc raises bare Exception; its descriptor is closed
+                problems.append(f"{name.decode()}: {err}")
+                attached.pop(name, None)
+        b = self.bpf
+        detaching = [threading.Thread(target=detach, args=(b.detach_tracepoint, b.tracepoint_fds, tp))
+                     for tp in list(b.tracepoint_fds)]
+        detaching += [threading.Thread(target=detach, args=(b.detach_raw_tracepoint, b.raw_tracepoint_fds, tp))
+                      for tp in list(b.raw_tracepoint_fds)]
         for thread in detaching:
             thread.start()
         for thread in detaching:
             thread.join()
-        self.bpf.cleanup()
+        try:
+            b.cleanup()
+        except Exception as err:
+            problems.append(str(err))
+        atexit.unregister(b.cleanup)   # done, or not to be retried at exit
+        return problems
 
 
 def kernel_dev_to_userspace(dev):

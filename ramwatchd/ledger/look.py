@@ -60,12 +60,28 @@ class Snapshot:
 
     def object_at(self, addr):
         """The ObjectUsage whose mappings hold addr, or None."""
-        if self._spans is None:
-            self._spans = sorted((start, end, obj) for obj in self.objects.values()
-                                 for start, end in obj.ranges)
-            self._starts = [s[0] for s in self._spans]
+        spans = self._sorted_spans()
         i = bisect.bisect_right(self._starts, addr) - 1
-        return self._spans[i][2] if i >= 0 and addr < self._spans[i][1] else None
+        return spans[i][2] if i >= 0 and addr < spans[i][1] else None
+
+    def objects_in(self, start, end):
+        """The ObjectUsages whose mappings overlap [start, end)."""
+        spans = self._sorted_spans()
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        out = {}
+        while i < len(spans) and spans[i][0] < end:
+            if spans[i][1] > start:
+                out[id(spans[i][2])] = spans[i][2]
+            i += 1
+        return list(out.values())
+
+    def _sorted_spans(self):
+        """(start, end, object) of every mapping, by start: mappings never overlap."""
+        if self._spans is None:
+            self._spans = sorted(((start, end, obj) for obj in self.objects.values()
+                                  for start, end in obj.ranges), key=lambda s: s[0])
+            self._starts = [s[0] for s in self._spans]
+        return self._spans
 
     @property
     def tolerance(self):

@@ -20,7 +20,7 @@ from ..kernel import cuda
 from ..kernel.events import (ANON, FILE, SHMEM, Brk, CudaCall, Exec, Exit, Fork, Mmap, MmCall, Mremap, Munmap,
                              OomVictim, Rename, RssStep, Stack)
 from . import procfs, python, regions
-from .causes import Ranges, explain
+from .causes import explain
 from .classes import ANON_HEAP, Classifier
 from .look import diff, take_look
 from .process import (ATTACHED, DISCOVERED, FORKED, CallsShed, Change, DriverProbed, Ended, Execed,
@@ -751,19 +751,12 @@ class Tracker:
                 measured.append((region, (obj.cls, obj.name), resident))
 
 
+        faults, calls, brks = _evidence(p, snap)
+
         def evidence(key):
-            obj = snap.objects.get(key)
-            ranges = Ranges(obj.ranges if obj is not None else [])
-            faults = Counter(site for addr, site in p.sites.faults
-                             if ranges.holds(addr) and not _measured_at(p, addr))
-            if faults:
-                return faults
-            weights = Counter()
-            for call in p.calls:
-                if call.stack is not None and (call.span and ranges.overlaps(*call.span)
-                                               or isinstance(call, Brk) and key[0] == ANON_HEAP):
-                    weights[call.stack] += call.size or 1
-            return weights
+            if faults.get(key):
+                return faults[key]
+            return calls.get(key, Counter()) + (brks if key[0] == ANON_HEAP else Counter())
         p.sites.settle(measured, [((ch.cls, ch.name), ch.delta) for ch in moved], evidence)
 
     # ---- page faults, spikes, discovery --------------------------------------
@@ -898,6 +891,28 @@ class Tracker:
             if p.handle is not None:
                 p.handle.close()
                 p.handle = None
+
+
+def _evidence(p, snap):
+    """What says which code grew each of snap's objects since the last look,
+    worked out in one pass: the sites of the faults sampled in it (outside
+    ranges measured on their own), else the sites of the calls on its
+    addresses, by size; brk's for the heap. Each {(class, name): Counter(Site
+    -> weight)}, but brk's one Counter."""
+    faults, calls, brks = {}, {}, Counter()
+    for addr, site in p.sites.faults:
+        obj = snap.object_at(addr)
+        if obj is not None and not _measured_at(p, addr):
+            faults.setdefault((obj.cls, obj.name), Counter())[site] += 1
+    for call in p.calls:
+        if call.stack is None:
+            continue
+        if isinstance(call, Brk):
+            brks[call.stack] += call.size or 1
+        elif call.span:
+            for obj in snap.objects_in(*call.span):
+                calls.setdefault((obj.cls, obj.name), Counter())[call.stack] += call.size or 1
+    return faults, calls, brks
 
 
 def _measured_at(p, addr):
