@@ -285,10 +285,6 @@ class Probes:
         except KeyError:
             return []
 
-    def symbol(self, addr, pid):
-        """'function (library)' for a user address of pid, bcc's symbolizer's answer."""
-        return self.bpf.sym(addr, pid, show_module=True).decode(errors="replace")
-
     # ---- what the kernel aggregated ------------------------------------------
 
     def drain_fault_samples(self):

@@ -1,6 +1,6 @@
 """Just enough of an ELF64 little-endian file to place its symbols in a process:
-where its first loadable segment starts, and the values of named symbols from
-.dynsym and .symtab. Read with pread from an open descriptor, a few headers
+where its loadable segments lie, the values of named symbols from .dynsym and
+.symtab, and its functions, to name an address. Read with pread from an open descriptor, a few headers
 and the symbol tables only, never the whole file (a libpython with debug
 information is tens of MiB)."""
 import os
@@ -11,9 +11,11 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
-PT_LOAD = 1
+PT_LOAD, PT_NOTE = 1, 4
+NT_GNU_BUILD_ID = 3
 SHT_SYMTAB, SHT_DYNSYM = 2, 11
 SHN_UNDEF = 0
+STT_FUNC, STT_GNU_IFUNC = 2, 10
 
 
 class ElfError(ValueError):
@@ -36,12 +38,50 @@ class ElfFile:
         PT_LOAD's p_vaddr less its p_offset (0 and 0 for a shared library, 0x400000
         and 0 for a classic executable). A mapping of the file at offset 0 that
         starts at S puts every symbol at S - this + its value."""
+        loads = self.loads()
+        if not loads:
+            raise ElfError("no loadable segment")
+        offset, vaddr, _ = loads[0]
+        return vaddr - offset
+
+    def loads(self):
+        """[(file offset, virtual address, bytes in the file)] of each PT_LOAD."""
+        table = self._read(self.phoff, self.phnum * self.phentsize)
+        out = []
+        for i in range(self.phnum):
+            p_type, _, p_offset, p_vaddr, _, p_filesz, *_ = _PHDR.unpack_from(table, i * self.phentsize)
+            if p_type == PT_LOAD:
+                out.append((p_offset, p_vaddr, p_filesz))
+        return out
+
+    def build_id(self):
+        """The GNU build id in hex (what names the file's separate debug
+        information under /usr/lib/debug/.build-id), or None."""
         table = self._read(self.phoff, self.phnum * self.phentsize)
         for i in range(self.phnum):
-            p_type, _, p_offset, p_vaddr, *_ = _PHDR.unpack_from(table, i * self.phentsize)
-            if p_type == PT_LOAD:
-                return p_vaddr - p_offset
-        raise ElfError("no loadable segment")
+            p_type, _, p_offset, _, _, p_filesz, *_ = _PHDR.unpack_from(table, i * self.phentsize)
+            if p_type != PT_NOTE:
+                continue
+            notes, pos = self._read(p_offset, p_filesz), 0
+            while pos + 12 <= len(notes):
+                namesz, descsz, kind = struct.unpack_from("<III", notes, pos)
+                name_at = pos + 12
+                desc_at = name_at + (namesz + 3) // 4 * 4
+                if kind == NT_GNU_BUILD_ID and notes[name_at:name_at + namesz] == b"GNU\0":
+                    return notes[desc_at:desc_at + descsz].hex()
+                pos = desc_at + (descsz + 3) // 4 * 4
+        return None
+
+    def functions(self):
+        """(value, size, string table, name offset) of every function defined,
+        names left in their tables: a libtorch has hundreds of thousands, and
+        few are ever asked for."""
+        out = []
+        for table, strings in self._symbol_tables():
+            for st_name, st_info, _, st_shndx, st_value, st_size in _SYM.iter_unpack(table):
+                if st_info & 15 in (STT_FUNC, STT_GNU_IFUNC) and st_shndx != SHN_UNDEF and st_value:
+                    out.append((st_value, st_size, strings, st_name))
+        return out
 
     def symbols(self, names):
         """{name: value} of those of `names` that the file defines, from .dynsym

@@ -270,6 +270,17 @@ class ProcDir:
                         parts[5].decode(errors="replace") if len(parts) > 5 else ""))
         return out
 
+    def file_maps(self):
+        """[(start, end, file offset, path)] of the mappings of files."""
+        out = []
+        for line in self.read("maps").splitlines():
+            parts = line.split(None, 5)
+            if len(parts) > 5 and parts[4] != b"0" and parts[5].startswith(b"/"):
+                start, end = parts[0].split(b"-")
+                out.append((int(start, 16), int(end, 16), int(parts[2], 16),
+                            parts[5].decode(errors="replace")))
+        return out
+
     def cmdline(self):
         raw = self.read("cmdline")
         return " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..kernel import cuda
 from ..kernel.events import (ANON, FILE, SHMEM, Brk, CudaCall, Exec, Exit, Fork, Mmap, MmCall, Mremap, Munmap,
                              OomVictim, Rename, RssStep, Stack)
-from . import procfs, python, regions
+from . import procfs, python, regions, symbols
 from .causes import explain
 from .classes import ANON_HEAP, Classifier
 from .look import diff, take_look
@@ -94,7 +94,7 @@ class Tracker:
         self._renames = {}                  # pid -> Rename event held back (see _settle_renames)
         self._faults_collected = -1e9
         self._last_of = {}                  # pid -> the last process that had it
-        self._symbols = {}                  # (pid, address) -> its native symbol
+        self._symbols = {}                  # (process key, address) -> its native frame's name
         self._python_unknown = {}           # pid -> a process whose interpreter is not known yet
         self._handlers = {Fork: self._on_fork, Exec: self._on_exec, Rename: self._on_rename,
                           Exit: self._on_exit, CudaCall: self._on_cuda, Stack: self._on_stack,
@@ -507,14 +507,17 @@ class Tracker:
                 self.native_names(p, site)
 
     def native_names(self, p, site):
-        """Names of site's native frames ('function (library)'), while p lives."""
-        names = []
-        for addr in site.native:
-            key = (p.pid, addr)
-            if key not in self._symbols and p.alive:
-                self._symbols[key] = self.kernel.symbol(addr, p.pid)
-            names.append(self._symbols.get(key, f"{addr:#x}"))
-        return names
+        """Names of site's native frames ('function [library]'), while p lives."""
+        unnamed = [addr for addr in site.native if (p.key, addr) not in self._symbols]
+        if unnamed and p.alive:
+            try:
+                handle = self._handle(p)
+                file_maps = handle.file_maps()
+                for addr in unnamed:
+                    self._symbols[(p.key, addr)] = symbols.name(handle, file_maps, addr) or f"{addr:#x}"
+            except procfs.ProcessError:
+                pass
+        return [self._symbols.get((p.key, addr), f"{addr:#x}") for addr in site.native]
 
     def _on_oom(self, ev):
         p, news = self._process_of(ev.victim)
