@@ -2,6 +2,8 @@
 import ctypes
 import os
 import platform
+import sys
+import sysconfig
 from pathlib import Path
 
 from .kernel.probes import TRACEFS, ProbeError, ProbeOptions, Probes, import_bcc
@@ -15,6 +17,8 @@ TRACEPOINTS = ["kmem/rss_stat", "filemap/mm_filemap_add_to_page_cache",
     ("mmap", "munmap", "mremap", "brk", "madvise", "shmat", "shmdt", "memfd_create")
     for side in ("enter", "exit")]
 SETUP = "run deploy/setup.sh as root"
+ROOT = "run as root (sudo), or with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+DISTRO_BCC = Path("/usr/lib/python3/dist-packages/bcc")    # where python3-bpfcc puts it
 
 
 def _effective_caps():
@@ -30,8 +34,7 @@ def check_privileges():
     bpf_ok = have(CAP_SYS_ADMIN) or (have(CAP_BPF) and have(CAP_PERFMON))
     if bpf_ok and have(CAP_SYS_PTRACE):
         return True, "root or CAP_BPF+CAP_PERFMON+CAP_SYS_PTRACE", ""
-    return False, "not enough privilege to load BPF programs and read other processes' /proc", \
-        "run as root (sudo), or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+    return False, "not enough privilege to load BPF programs and read other processes' /proc", ROOT
 
 
 def check_bpf_syscall():
@@ -56,8 +59,20 @@ def check_btf():
     return None, "no kernel BTF (not needed: ramwatchd reads only tracepoint arguments)", ""
 
 
+def _exists(path):
+    """True, False, or None where this user may not look (tracefs is root's)."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return None
+
+
 def check_tracefs():
-    if (TRACEFS / "events").is_dir():
+    try:
+        mounted = (TRACEFS / "events").is_dir()
+    except PermissionError:
+        return False, f"tracefs at {TRACEFS} is not readable by this user", ROOT
+    if mounted:
         return True, f"tracefs mounted at {TRACEFS}", ""
     return False, f"tracefs is not mounted at {TRACEFS}", f"mount -t tracefs nodev {TRACEFS}"
 
@@ -66,17 +81,27 @@ def check_bcc():
     try:
         bcc = import_bcc()
     except ProbeError as err:
+        if DISTRO_BCC.is_dir():     # a virtualenv sees only its own packages
+            return False, (f"bcc is not importable by {sys.executable}: python3-bpfcc is installed "
+                           f"({DISTRO_BCC}) but this Python does not see it"), \
+                f"ln -s {DISTRO_BCC} {sysconfig.get_paths()['purelib']}/bcc (deploy/setup.sh links it so)"
         return False, "bcc is not importable", str(err)
+    except OSError as err:     # the module is there, its library is not
+        return False, f"bcc's library does not load: {err}", "apt-get install libbpfcc"
     return True, f"bcc {getattr(bcc, '__version__', '?')} importable", ""
 
 
-def check_headers():
+def check_headers(privileged=True):
     build = Path(f"/lib/modules/{platform.release()}/build")
+    if not privileged:   # compiling is fine, loading is not: a failure would blame the headers
+        if build.is_dir():
+            return None, f"kernel headers at {build} not tried: loading a probe needs root", ""
+        return False, f"no kernel headers at {build}", SETUP
     try:
         bcc = import_bcc()
         bcc.BPF(text="TRACEPOINT_PROBE(sched, sched_process_exit) { return 0; }").cleanup()
     except ProbeError:
-        return False, "headers not checked: bcc is missing", SETUP
+        return None, "kernel headers not checked: bcc is missing (above)", ""
     except Exception:
         return False, f"kernel headers at {build} do not compile a probe", SETUP
     where = build.resolve()
@@ -87,7 +112,7 @@ def check_headers():
 
 
 def check_uprobes():
-    if (TRACEFS / "uprobe_events").exists():
+    if _exists(TRACEFS / "uprobe_events"):
         return True, "uprobes (for the CUDA driver's host-memory calls)", ""
     return None, "uprobes unavailable: CUDA pinned memory will not be told apart", \
         "a kernel with CONFIG_UPROBE_EVENTS=y"
@@ -102,7 +127,7 @@ def check_tracepoint(tp):
 
 def check_fault_tracepoints():
     missing = [tp for tp in ("exceptions/page_fault_user", "exceptions/page_fault_kernel")
-               if not (TRACEFS / "events" / tp / "format").exists()]
+               if not _exists(TRACEFS / "events" / tp / "format")]
     if not missing:
         return True, "tracepoints exceptions:page_fault_user and page_fault_kernel", ""
     return None, (f"no {', '.join(missing)} (not x86): faults are sampled with a perf event "
@@ -120,7 +145,7 @@ def check_programs():
 def capture_blockers():
     """The cheap checks a capture cannot start without, as one-line reasons."""
     out = []
-    for check in (check_privileges, check_tracefs, check_bcc):
+    for check in (check_privileges, check_bcc, check_tracefs):
         ok, what, fix = check()
         if ok is False:
             out.append(f"{what}: {fix}")
@@ -128,14 +153,19 @@ def capture_blockers():
 
 
 def run_doctor():
+    privileged, tracefs = check_privileges()[0], check_tracefs()[0]
     checks = [check_privileges, check_bpf_syscall, check_btf, check_tracefs, check_bcc,
-              check_headers, check_uprobes]
-    checks += [lambda tp=tp: check_tracepoint(tp) for tp in TRACEPOINTS] + [check_fault_tracepoints]
+              lambda: check_headers(privileged)]
+    if tracefs:
+        checks += [check_uprobes] + [lambda tp=tp: check_tracepoint(tp) for tp in TRACEPOINTS]
+        checks += [check_fault_tracepoints]
     failed = False
     for check in checks:
         ok, what, fix = check()
         failed |= ok is False
         _say(ok, what, fix)
+    if not tracefs:
+        _say(None, "tracepoints and uprobes not checked without tracefs (above)", "")
     if not failed:
         ok, what, fix = check_programs()
         failed |= not ok

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import RAMWATCHD, run_ramwatchd
 
 
@@ -63,6 +65,44 @@ def test_no_target_and_bad_values():
     one_line_error(run_ramwatchd(["run"]), 2, "run needs a command")
 
 
+@pytest.mark.parametrize("option, value, words", [
+    ("--duration", "nan", ["must be above 0 and at most 604800 seconds"]),
+    ("-d", "inf", ["must be above 0 and at most"]),
+    ("--duration", "1e400", ["must be above 0 and at most"]),
+    ("--duration", "0", ["must be above 0"]),
+    ("--rss-step", "0", ["must be at least 1.0 MiB"]),
+    ("--fault-sample", "0", ["from 1 to 1,000,000, not 0"]),
+    ("--fault-sample", "-5", ["from 1 to 1,000,000, not -5"]),
+    ("--fault-sample", "many", ["not a whole number"]),
+    ("--spike", "0", ["must be at least 1.0 MiB"]),
+    ("--min-change", "99999999TiB", ["more memory than any machine has"]),
+    ("--max-rss", "0", ["must be above 0"]),
+    ("--max-class", "heap=1GiB", ["unknown class 'heap'"]),
+    ("--max-class", "anon", ["expected CLASS=SIZE"]),
+    ("--weights", "", ["an empty pattern matches no file"]),
+    ("--phase", "(", ["bad regular expression"]),
+    ("-p", "0", ["a process id from 1 to"]),
+    ("--pid", "99999999", ["a process id from 1 to"]),
+])
+def test_every_number_and_pattern_is_checked(option, value, words):
+    args = [option, value] if option in ("-p", "--pid") else ["--pid", "1", option, value]
+    one_line_error(run_ramwatchd(args), 2, option, *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--json", "F", "--duration", "2", "report", "F"], ["is an option of a capture", "not of report"]),
+    (["--pid", "1", "run", "--", "true"], ["--pid attaches to a process; run starts one"]),
+    (["--children", "run", "--", "true"], ["--children goes with --pid"]),
+    (["-o", "a.json", "--json", "b.json", "--pid", "1"], ["give -o FILE or --json FILE, not both"]),
+    (["--json", "a", "--format", "folded", "--pid", "1"], ["--json writes JSON"]),
+    (["--no-stacks", "--format", "folded", "-o", "a", "--pid", "1"], ["--format folded needs the call sites"]),
+    (["run", "--png", "-", "--", "true"], ["--png needs a file"]),
+    (["--bogus", "report", "F"], ["unrecognized arguments: --bogus"]),
+])
+def test_options_that_do_not_go_together_are_refused(args, words):
+    one_line_error(run_ramwatchd(args), 2, *words)
+
+
 def test_a_command_that_does_not_exist():
     one_line_error(run_ramwatchd(["run", "--", "no-such-program-here"]), 1, "command not found")
 
@@ -70,5 +110,5 @@ def test_a_command_that_does_not_exist():
 def test_report_of_a_file_that_is_not_a_capture(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    one_line_error(run_ramwatchd(["report", str(bad)]), 1, "not a ramwatchd capture")
-    one_line_error(run_ramwatchd(["report", str(tmp_path / "none.json")]), 1, "no such file")
+    one_line_error(run_ramwatchd(["report", str(bad)]), 2, "not a ramwatchd capture")
+    one_line_error(run_ramwatchd(["report", str(tmp_path / "none.json")]), 2, "No such file")

@@ -2,24 +2,42 @@
 form, so a live capture and `ramwatchd report FILE.json` print the same thing."""
 import json
 
+from .. import __version__
 from ..units import fmt_bytes, fmt_seconds
+from . import capture_format
 from .timeline import format_entry
 
 
 class ReportError(Exception):
-    pass
+    """A file that is not a capture this ramwatchd reads; the message says why."""
 
 
 def load(path):
+    """The capture saved at path, checked against its format before any view reads it."""
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ReportError(f"no such file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReportError(f"{path} is not a ramwatchd capture (not JSON: {err})") from None
-    if not isinstance(data, dict) or "processes" not in data or "format" not in data:
-        raise ReportError(f"{path} is not a ramwatchd capture (no 'format' or 'processes')")
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except IsADirectoryError:
+        raise ReportError(f"{path} is a directory, not a saved capture") from None
+    except OSError as err:
+        raise ReportError(f"cannot read {path}: {err.strerror or err}") from None
+    except (ValueError, RecursionError) as err:    # not UTF-8, not JSON, or nested past reason
+        raise ReportError(f"{path} is not a ramwatchd capture: not JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("ramwatchd"), str) or "format" not in data:
+        raise ReportError(f"{path} is not a ramwatchd capture: JSON without its 'format' and "
+                          f"'ramwatchd' fields")
+    version = data["format"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ReportError(f"{path} is not a ramwatchd capture: its 'format' is {version!r}, "
+                          f"not a version number")
+    if version != capture_format.VERSION:
+        age = "a later" if version > capture_format.VERSION else "an earlier"
+        raise ReportError(f"{path} is capture format {version!r}, written by {age} ramwatchd "
+                          f"({data['ramwatchd']}); this one ({__version__}) reads format "
+                          f"{capture_format.VERSION} only")
+    wrong = capture_format.problem(data)
+    if wrong:
+        raise ReportError(f"{path} is not a complete capture of format {version}: {wrong}")
     return data
 
 
@@ -197,10 +215,9 @@ def _sites(result):
     for p in result["processes"]:
         held = _held_by_python_stack(p)
         total = sum(n for n, _ in held.values())
-        for python, (n, native) in sorted(held.items(), key=lambda kv: -kv[1][0])[:SITES_SHOWN]:
+        for (where, caller), (n, native) in sorted(held.items(), key=lambda kv: -kv[1][0])[:SITES_SHOWN]:
             if n < result["options"]["min_change"] / 4:
                 continue
-            where, caller = _where(python)
             rows.append([str(p["pid"]), p["comm"][:15] + (" (exited)" if p["exited_at"] is not None else ""),
                          fmt_bytes(n), f"{n / total:.0%}", where, caller, native[:60]])
     if not rows:
@@ -222,19 +239,40 @@ def _where(python):
 
 
 def _held_by_python_stack(p):
-    """Python stack -> (bytes held, the native frame of interest of its
-    largest native variant)."""
+    """(site, its caller) as _where gives them -> (bytes held, the native
+    frame of interest of its largest native variant): stacks that differ only
+    further out, or in the path C took, are one row."""
     key = "bytes" if p["exited_at"] is None else "highest"
     held = {}
-    for s in p.get("sites", []):
-        python = tuple(tuple(f) for f in s["python"])
-        before, native = held.get(python, (0, native_of_interest(s["native"])))
-        held[python] = (before + s[key], native)
+    for s in sorted(p.get("sites", []), key=lambda s: -s[key]):
+        where = _where(s["python"])
+        before, native = held.get(where, (0, short_native(native_of_interest(s["native"]))))
+        held[where] = (before + s[key], native)
     return held
 
 
 # Libraries whose frames say how memory was asked for, not who asked.
 _PLUMBING = ("[libc.so", "[ld-linux", "[libpython", "[python", "[libpthread", "[libstdc++")
+
+
+def short_native(name):
+    """'function [library]' with a C++ name cut to its scopes: no
+    parameters, template arguments or return type, which are longer than
+    the rest of the row ('at::MapAllocator::MapAllocator [libtorch_cpu.so]')."""
+    function, bracket, library = name.rpartition(" [")
+    if not bracket or "(" not in function:
+        return name
+    kept, depth = [], 0
+    for ch in function:
+        if ch in "(<":
+            depth += 1
+        elif ch in ")>" and depth:
+            depth -= 1
+        elif depth == 0:
+            kept.append(ch)
+    words = "".join(kept).strip().split(" ")
+    scopes = " ".join(words[-2:]) if len(words) > 1 and words[-2].endswith("operator") else words[-1]
+    return f"{scopes or function} [{library}"
 
 
 def native_of_interest(native):

@@ -5,14 +5,14 @@ Building it once and rendering only from it keeps the live summary and a later
 """
 import os
 import platform
+import tempfile
 import time
 from dataclasses import asdict
 
 from ... import __version__
 from ...ledger.classes import CLASSES, FILE_OTHER, FILE_WEIGHTS
 from ...ledger.node import page_cache_bytes
-
-FORMAT = 2
+from ...views.capture_format import VERSION as FORMAT
 OBJECTS_SAVED = 48       # per look: the largest objects
 SHORT_LIVED_SAVED = 1000
 
@@ -165,3 +165,43 @@ def build_result(cap):
         "run_s": cap.now() - cap.run_started,
         "kernel_stats": cap.kernel_stats,
     }
+
+
+class SaveTo:
+    """A file a capture is saved to, made ready before the capture starts, so
+    that a path that cannot be written is refused then rather than after it.
+    The content goes to a temporary file beside the target, readable by its
+    owner only (a capture holds full command lines, secrets included), and is
+    renamed over the target once complete: a reader never sees half of it.
+    Raises OSError for a path that cannot be written."""
+
+    def __init__(self, path):
+        self.path = path
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "Is a directory", path)
+        folder, name = os.path.split(os.path.abspath(path))
+        fd, self.temp = tempfile.mkstemp(prefix=f".{name}.", suffix=os.path.splitext(name)[1] or ".tmp",
+                                         dir=folder)
+        os.close(fd)
+
+    def write(self, text):
+        with open(self.temp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        self.commit()
+
+    def commit(self):
+        """The temporary file, complete (written by write() or by whoever was
+        given its path), becomes the target."""
+        os.replace(self.temp, self.path)
+        self.temp = None
+
+    def discard(self):
+        """Remove the temporary file of a capture that will not be saved."""
+        if self.temp is not None:
+            try:
+                os.unlink(self.temp)
+            except FileNotFoundError:
+                pass
+            self.temp = None

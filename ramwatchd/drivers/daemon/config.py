@@ -1,7 +1,10 @@
 """The daemon's YAML configuration: parsed with the line of every key, checked
 against a schema, and filled with defaults. deploy/config.example.yaml documents
 each key. Any mistake is reported as `FILE:LINE: key.path: what is wrong`."""
+import os
 import re
+import ssl
+import string
 from dataclasses import dataclass, field
 
 import yaml
@@ -110,12 +113,19 @@ def group_name(template, captures, **fields):
 def load(path):
     """Read and check path; raise ConfigError naming file, line and key."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    nul = raw.find(b"\0")
     try:
-        data = yaml.load(text, Loader=_Loader)
+        if nul >= 0:
+            raise ValueError(f"a NUL byte at byte {nul}")
+        text = raw.decode()
+    except ValueError as err:     # UnicodeDecodeError too: it names the byte
+        raise ConfigError(f"{path}: not a YAML text file: {err}") from None
+    try:
+        data = _parse(path, text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -123,6 +133,50 @@ def load(path):
     config = _Checker(path).config(data if data is not None else _empty())
     config.source = path
     return config
+
+
+def _parse(path, text):
+    """The YAML document, refused if a mapping names a key twice: YAML keeps
+    the last one and silently drops the first."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        twice = _repeated_key(node)
+        if twice:
+            key, line, first = twice
+            raise ConfigError(f"{path}:{line}: {key}: given twice (first at line {first}); "
+                              "only one may stay")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _repeated_key(node, where="", seen=None):
+    """(key path, line, line of the first) of the first key a mapping repeats, or None."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:       # an alias: already walked
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first = {}
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            full = f"{where}.{name}" if where else name
+            line = key_node.start_mark.line + 1
+            if name in first and name != "<<":
+                return full, line, first[name]
+            first.setdefault(name, line)
+            found = _repeated_key(value_node, full, seen)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _repeated_key(item, f"{where}[{i}]", seen)
+            if found:
+                return found
+    return None
 
 
 def _empty():
@@ -215,6 +269,8 @@ class _Checker:
             if "name" not in g:
                 self.fail(at, key, "needs a name (a template such as '{comm}' or 'vllm')")
             group = Group(name=self.get(g, "name", key, str, None))
+            if not group.name.strip():
+                self.fail(g.lines["name"], f"{key}.name", "must not be empty")
             if "match" in g:
                 match = self.mapping(g["match"], g.lines["match"], f"{key}.match",
                                      {"comm", "exe", "cmdline", "cgroup"})
@@ -225,12 +281,20 @@ class _Checker:
         return out
 
     def template(self, group, line, key):
+        """Only plain fields: a template that reached into attributes or
+        indexes ({comm.__class__}, {comm[0]}) would read whatever they lead to."""
         captures = sum(p.groups for p in (group.comm, group.exe, group.cmdline, group.cgroup) if p)
+        allowed = {"comm", "exe", "cgroup"} | {str(i) for i in range(1, captures + 1)}
+        use = "use {comm}, {exe}, {cgroup}" + (f" or a capture {{1}}..{{{captures}}}" if captures else "")
         try:
-            group_name(group.name, ["x"] * captures, comm="c", exe="e", cgroup="g")
-        except (KeyError, IndexError, ValueError):
-            self.fail(line, key, f"bad template {group.name!r}: use {{comm}}, {{exe}}, {{cgroup}}"
-                                 + (f" or a capture {{1}}..{{{captures}}}" if captures else ""))
+            fields = [(name, conversion, spec) for _, name, spec, conversion in string.Formatter().parse(group.name)
+                      if name is not None]
+        except ValueError as err:
+            self.fail(line, key, f"bad template {group.name!r}: {err}; {use}")
+        for name, conversion, spec in fields:
+            if name not in allowed or conversion or spec:
+                written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                self.fail(line, key, f"bad template {group.name!r}: {written} is not a field; {use}, nothing more")
 
     def weights(self, value, line):
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value) or not value:
@@ -260,8 +324,9 @@ class _Checker:
             for k in ("cert_file", "key_file"):
                 if k not in tls:
                     self.fail(web.lines["tls_server_config"], f"web.tls_server_config.{k}", "is required")
-            out.tls_cert_file = self.get(tls, "cert_file", "web.tls_server_config", str, None)
-            out.tls_key_file = self.get(tls, "key_file", "web.tls_server_config", str, None)
+            out.tls_cert_file = self.pem(tls, "cert_file", "CERTIFICATE")
+            out.tls_key_file = self.pem(tls, "key_file", "PRIVATE KEY")
+            self.tls_pair(out, tls.lines["key_file"])
         if "basic_auth_users" in web:
             users = web["basic_auth_users"]
             at = web.lines["basic_auth_users"]
@@ -273,6 +338,34 @@ class _Checker:
                               "must be a bcrypt hash ($2b$...), e.g. from 'htpasswd -nbBC 10 USER PASS'")
             out.basic_auth_users = dict(users)
         return out
+
+    def pem(self, tls, key, label):
+        """The path of a readable PEM file holding `label`; a relative path is
+        taken from the config file's folder, as Prometheus exporters take it."""
+        full = f"web.tls_server_config.{key}"
+        line = tls.lines[key]
+        value = self.get(tls, key, "web.tls_server_config", str, None)
+        path = os.path.join(os.path.dirname(os.path.abspath(self.path)), value)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 20)
+        except IsADirectoryError:
+            self.fail(line, full, f"{path} is a directory, not a PEM file")
+        except OSError as err:
+            self.fail(line, full, f"cannot read {path}: {err.strerror}")
+        if not re.search(rb"-----BEGIN [A-Z ]*" + label.encode() + rb"-----", head):
+            self.fail(line, full, f"{path} is not PEM holding a {label.lower()} (-----BEGIN ...{label}-----)")
+        if re.search(rb"-----BEGIN ENCRYPTED |Proc-Type: 4,ENCRYPTED", head):
+            self.fail(line, full, f"{path} is encrypted: the daemon needs the key without a passphrase")
+        return path
+
+    def tls_pair(self, web, line):
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(web.tls_cert_file, web.tls_key_file,
+                                                                    password=b"")
+        except ssl.SSLError as err:
+            self.fail(line, "web.tls_server_config", f"cert_file and key_file do not make a TLS server: "
+                                                     f"{err.reason or err}")
 
 
 def _kind(value):
