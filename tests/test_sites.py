@@ -101,11 +101,20 @@ def known_sites(tmp_path_factory):
 
 
 @pytest.mark.parametrize("site, size", [("numpy", 48 * MiB), ("bytes", 40 * MiB), ("shm", 24 * MiB),
-                                        ("thread", 32 * MiB), ("weights", None)])
+                                        ("thread", 32 * MiB), ("weights", None), ("fixed", 84 * MiB)])
 def test_each_growth_is_credited_to_its_line(known_sites, site, size):
     result, _, lines, weights_size = known_sites
     parent = result["processes"][0]
     assert_near(bytes_at(parent, KNOWN_SITES, lines[site]), size or weights_size, what=f"site {site}")
+
+
+def test_a_reservation_holds_none_of_what_is_placed_inside_it(known_sites):
+    """A PROT_NONE reservation with a mapping placed in it by MAP_FIXED is two
+    ranges: the pages are the inner mapping's, counted once."""
+    result, _, lines, _ = known_sites
+    parent = result["processes"][0]
+    assert bytes_at(parent, KNOWN_SITES, lines["reserved"]) < 4 * MiB
+    assert sum(n for _, n in held(parent)) <= 1.05 * parent["latest"]["vm_rss"]
 
 
 def test_a_forked_child_s_growth_is_credited_to_its_line(known_sites):

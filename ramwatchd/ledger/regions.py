@@ -10,7 +10,7 @@ read is seen at its highest, whatever the looks saw.
 """
 import bisect
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..kernel.events import MAP_SHARED, Mmap, Mremap
 from ..units import fmt_bytes
@@ -54,6 +54,14 @@ class Region:
     @property
     def size(self):
         return self.end - self.start
+
+    def continued_from(self, start):
+        """Its part from start on, as a range of its own: the same call, file
+        and name, measured afresh."""
+        upper = replace(self, start=start, peak=0, peak_t=None, measured_at=-1e9,
+                                    growing=True, last_measure=0)
+        upper.size_made = self.size_made
+        return upper
 
     def measure_due(self, now):
         if self.growing:
@@ -135,13 +143,22 @@ class Regions:
             elif start <= r.start and r.end <= end:
                 r.ended_at = t
                 ended.append(r)
-            else:
-                if start <= r.start:
-                    r.start = end          # its lower end unmapped
-                elif end >= r.end:
-                    r.end = start          # its upper end
-                # A hole in its middle: it keeps its bounds; the hole holds no pages.
+            elif start <= r.start:
+                r.start = end              # its lower end unmapped
                 kept.append(r)
+            elif end >= r.end:
+                r.end = start              # its upper end
+                kept.append(r)
+            else:
+                # A hole in its middle, often filled at once: a MAP_FIXED mapping
+                # inside a PROT_NONE reservation, as the loader and the CUDA
+                # driver make them. Two ranges now, as in the kernel, so that
+                # neither is measured over the other's pages.
+                upper = r.continued_from(end)
+                r.end = start
+                kept += [r, upper]
+                if upper.large:
+                    self._large.append(upper)
         if ended or kept:
             self._ranges[first:last] = kept
             self._starts[first:last] = [r.start for r in kept]

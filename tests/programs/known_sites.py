@@ -9,7 +9,10 @@ weights the whole file, mmap'd here, read below (faults credited to the mmap)
 shm     24 MiB  /dev/shm segment mapped here, written below
 thread  32 MiB  np.ones from a second thread
 child   36 MiB  bytearray in a forked child
+fixed   84 MiB  mapped MAP_FIXED inside a 608 MiB PROT_NONE reservation, as the
+                CUDA driver places a pinned block (the reservation holds nothing)
 """
+import ctypes
 import mmap
 import os
 import sys
@@ -41,6 +44,17 @@ def map_shm(name):
     return segment
 
 
+def reserve_and_place():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    anonymous, fixed = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, 0x10   # PROT_NONE is 0
+    base = libc.mmap(None, 608 * MiB, 0, anonymous, -1, 0)  # site: reserved
+    writable = mmap.PROT_READ | mmap.PROT_WRITE
+    block = libc.mmap(base + 512 * MiB, 84 * MiB, writable, anonymous | fixed, -1, 0)  # site: fixed
+    ctypes.memset(block, 1, 84 * MiB)
+
+
 def in_a_thread():
     held.append(np.ones(32 * MiB, dtype=np.uint8))  # site: thread
 
@@ -51,6 +65,7 @@ def main():
     held.append(bytearray(40 * MiB))  # site: bytes
     held.append(map_weights(weights_path))
     held.append(map_shm(shm_name))
+    reserve_and_place()
     worker = threading.Thread(target=in_a_thread)
     worker.start()
     worker.join()
