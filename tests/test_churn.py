@@ -534,3 +534,19 @@ def test_renamed_process_joins_its_new_group(daemon, workloads, spawned, tmp_pat
     wait_metrics(d, "the renamed process's figures",
                  lambda t: (value(t, "ramwatchd_resident_bytes", group=group) or 0) > 1 * MiB, uid)
     stopped_cleanly(d)
+
+
+# ---- a large program's exit ------------------------------------------------------------
+
+def test_a_large_program_s_own_exit_code_is_kept(tmp_path):
+    """The kernel's exit event comes before the program has given back 1 GiB
+    and can be reaped: the capture waits for it rather than ending it."""
+    program = "import mmap, sys; m = mmap.mmap(-1, 1 << 30); m.write(b'\\1' * (1 << 30)); sys.exit(3)"
+    for i in range(2):
+        out = tmp_path / f"large{i}.json"
+        done = run_ramwatchd(["run", "--quiet", "--json", str(out), "--", sys.executable, "-c", program],
+                             timeout=120)
+        assert done.returncode == 3 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-2000:])
+        result = json.loads(out.read_text())
+        assert result["exit_code"] == 3
+        assert result["ended_because"] == "every traced process exited"

@@ -18,6 +18,9 @@ def check_command(argv):
         raise TargetError(f"command not found: {argv[0]}")
 
 
+EXITING_S = 10.0   # how long an exited program may take to give back its memory
+
+
 class Program:
     """The command under capture, in a session of its own. The gate is a shell
     waiting to read one byte on fd 3; the capture traces it, then opens the
@@ -88,8 +91,15 @@ class Program:
         except ProcessLookupError:
             pass
 
-    def end(self):
-        """Stop the program if it still runs; its exit code if it ended on its own."""
+    def end(self, exited=False):
+        """Stop the program if it still runs; its exit code if it ended on its
+        own. exited: the kernel saw it exit, so it ended on its own, though a
+        large one may still be giving its memory back: it is waited for."""
+        if exited:
+            try:
+                self.proc.wait(timeout=EXITING_S)
+            except subprocess.TimeoutExpired:
+                pass
         ended_by_us = self.proc.poll() is None
         self.stop_group(signal.SIGTERM)
         try:

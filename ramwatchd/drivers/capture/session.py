@@ -277,7 +277,7 @@ class Capture:
             for p in list(self.tracker.alive.values()):
                 if p.pid != self.program.pid:
                     self.tracker.signal(p, signal.SIGTERM)
-            self.exit_code = self.program.end()
+            self.exit_code = self.program.end(exited=self.program.pid not in self.tracker.alive)
         self._take_lines(self.now(), final=True)
         self._apply(self.tracker.spikes(float("inf")))
         self.tracker.close()
