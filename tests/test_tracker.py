@@ -720,6 +720,20 @@ def test_an_rss_reading_of_an_exiting_process_is_not_recorded(make_world):
     assert not of(w.tracker.spikes(w.at(2.0)), SpikeSeen)
 
 
+def test_a_counter_change_after_the_exit_event_does_not_bring_it_back(make_world):
+    """The daemon adopts a process it does not know on its first event. The
+    last counter changes of an exiting process come after its exit event,
+    while its /proc is still there: they are not a new process."""
+    w = make_world(adopt_unknown=True)
+    p = w.attached()
+    w.fake.exiting()
+    news = w.tracker.on_events([w.exit_(t=w.at(1.0)), w.rss_step(t=w.at(1.01))])
+    assert of(news, Ended, p) == [Ended(p)]
+    assert PID not in w.tracker.alive and not of(news, Started)
+    w.tracker.discover(w.at(2.0))
+    assert PID not in w.tracker.alive
+
+
 # ---- 4. the look interval ----------------------------------------------------------
 #
 # cost_factor=0: the interval is min_interval alone, not a multiple of how long

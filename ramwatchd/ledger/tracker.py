@@ -300,6 +300,9 @@ class Tracker:
             return []
         if ev.peak:
             p.rss.raise_peak(Peak(ev.peak, self.clock.of_kernel(ev.peak_ns), ev.peak_rss))
+        # Its /proc stays while it gives its memory back, and its last counter
+        # changes are still on their way: none of them brings it back.
+        self.ignored[p.pid] = (p.start, "exited")
         return self._end(p, self.clock.of_kernel(ev.ts_ns), "exited")
 
     def _on_rss_step(self, ev, stale):
