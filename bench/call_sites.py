@@ -22,10 +22,9 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 
-from common import BenchError, add_cpu_option, check_cpu, leave_cpu, on_cpu
+from common import BenchError, TimedLoop, add_cpu_option, check_cpu, leave_cpu
 from ramwatchd.kernel.probes import ProbeError, ProbeOptions, Probes
 from ramwatchd.ledger import procfs, python
 
@@ -54,27 +53,14 @@ rounds(0)
 """
 
 
-class Caller:
+class Caller(TimedLoop):
     def __init__(self, calls, depth, cpu):
+        super().__init__([sys.executable, "-c", CALLER, str(calls), str(depth)], cpu, "the caller")
         self.calls = calls
-        self.proc = subprocess.Popen([sys.executable, "-c", CALLER, str(calls), str(depth)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=on_cpu(cpu))
-        if self.proc.stdout.readline() != b"ready\n":
-            raise BenchError("the caller failed to start")
-        self.pid = self.proc.pid
 
     def round(self):
         """Microseconds per call (a map, a write, an unmap)."""
-        self.proc.stdin.write(b"t")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise BenchError(f"the caller exited {self.proc.wait()}")
-        return float(line) * 1e6 / self.calls
-
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
+        return self.seconds() * 1e6 / self.calls
 
 
 class Captures:

@@ -48,6 +48,30 @@ class BenchError(Exception):
     """The measurement could not be made; the message says why."""
 
 
+class TimedLoop:
+    """A workload process pinned to one CPU that runs one timed round each
+    time it reads a byte, and prints the round's seconds."""
+
+    def __init__(self, argv, cpu, what):
+        self.what = what
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=on_cpu(cpu))
+        if self.proc.stdout.readline() != b"ready\n":
+            raise BenchError(f"{what} failed to start")
+        self.pid = self.proc.pid
+
+    def seconds(self):
+        self.proc.stdin.write(b"t")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"{self.what} exited {self.proc.wait()}")
+        return float(line)
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 def add_cpu_option(parser):
     parser.add_argument("--cpu", type=int, default=os.cpu_count() - 1,
                         help="the CPU the workload runs on, alone; ramwatchd and this script run "

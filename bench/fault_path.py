@@ -28,13 +28,12 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import (BenchError, add_cpu_option, add_touch_option, check_cpu, fault_loop, leave_cpu,
-                    on_cpu)
+from common import (BenchError, TimedLoop, add_cpu_option, add_touch_option, check_cpu, fault_loop,
+                    leave_cpu)
 from ramwatchd.kernel.probes import ProbeError, ProbeOptions, Probes, import_bcc
 from ramwatchd.units import size_arg
 
@@ -43,28 +42,15 @@ STATES = ("off", "empty", "untraced", "traced", "stacks", "exact-rss")
 PAGE_FAULT = (True, b"page_fault_user", b"raw_tracepoint__page_fault_user")
 RSS_STAT = (False, b"kmem:rss_stat", b"tracepoint__kmem__rss_stat")
 
-class FaultLoop:
+class FaultLoop(TimedLoop):
     """The C workload, pinned to one CPU; round() returns its ns per fault."""
 
     def __init__(self, exe, size, cpu):
+        super().__init__([exe, str(size)], cpu, "the fault loop")
         self.pages = size // os.sysconf("SC_PAGESIZE")
-        self.proc = subprocess.Popen([exe, str(size)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, preexec_fn=on_cpu(cpu))
-        if self.proc.stdout.readline() != b"ready\n":
-            raise BenchError("the fault loop failed to start")
-        self.pid = self.proc.pid
 
     def round(self):
-        self.proc.stdin.write(b"t")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise BenchError(f"the fault loop exited {self.proc.wait()}")
-        return float(line) * 1e9 / self.pages
-
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
+        return self.seconds() * 1e9 / self.pages
 
 
 class FaultPath:
