@@ -152,11 +152,14 @@ def _spike_at(points, i, top, rule):
         fall += 1
     after = points[fall][1]
     return Spike(points[min(rise + 1, i)][0], t_peak, points[fall][0], base, peak,
-                 peak - max(base, after), _dominant(points[rise][2], members))
+                 peak - max(base, after), _fell_most(members, points[fall][2]))
 
 
 _MEMBERS = ((ANON, "anon"), (FILE, "file"), (SHMEM, "shmem"))
 
 
-def _dominant(before, at_peak):
-    return max(_MEMBERS, key=lambda m: at_peak[m[0]] - before[m[0]])[1]
+def _fell_most(at_peak, after):
+    """The counter that gave back the most: what came and went (a weights
+    file unmapped after its tensors were copied out is file, not the anon
+    that rose with it and stayed)."""
+    return max(_MEMBERS, key=lambda m: at_peak[m[0]] - after[m[0]])[1]
