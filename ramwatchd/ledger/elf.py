@@ -3,8 +3,11 @@ where its loadable segments lie, the values of named symbols from .dynsym and
 .symtab, and its functions, to name an address. Read with pread from an open descriptor, a few headers
 and the symbol tables only, never the whole file (a libpython with debug
 information is tens of MiB)."""
+import array
+import operator
 import os
 import struct
+import sys
 
 _IDENT = b"\x7fELF\x02\x01"      # magic, ELFCLASS64, ELFDATA2LSB
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -15,6 +18,7 @@ PT_LOAD, PT_NOTE = 1, 4
 NT_GNU_BUILD_ID = 3
 SHT_SYMTAB, SHT_DYNSYM = 2, 11
 SHN_UNDEF = 0
+_first = operator.itemgetter(0)
 STT_FUNC, STT_GNU_IFUNC = 2, 10
 
 
@@ -73,31 +77,21 @@ class ElfFile:
         return None
 
     def functions(self):
-        """(value, size, string table, name offset) of every function defined,
-        names left in their tables: a libtorch has hundreds of thousands, and
-        few are ever asked for."""
-        out = []
+        """(values, sizes, string tables, name offsets) of every function
+        defined, sorted by value, names left in their tables: a libtorch has
+        hundreds of thousands, and few are ever asked for. Read as arrays of
+        64-bit words (an entry is three: name, info and section; value;
+        size), which is several times faster than unpacking each entry."""
+        found = []
         for table, strings in self._symbol_tables():
-            for st_name, st_info, _, st_shndx, st_value, st_size in _SYM.iter_unpack(table):
-                if st_info & 15 in (STT_FUNC, STT_GNU_IFUNC) and st_shndx != SHN_UNDEF and st_value:
-                    out.append((st_value, st_size, strings, st_name))
-        return out
-
-    def symbols(self, names):
-        """{name: value} of those of `names` that the file defines, from .dynsym
-        (what a stripped file keeps for the dynamic linker) and, for those it
-        lacks, .symtab (tens of thousands of symbols where it is not stripped)."""
-        wanted = [name.encode() for name in names]
-        found = {}
-        for table, strings in self._symbol_tables():
-            if len(found) == len(wanted):
-                break
-            # A linker may share one string's tail with another name ("Py_Version"
-            # inside "_Py_Version"), so every place the name ends is a candidate.
-            at = {offset: name for name in wanted for offset in _occurrences(strings, name + b"\0")}
-            for st_name, _, _, st_shndx, st_value, _ in _SYM.iter_unpack(table):
-                if st_name in at and st_shndx != SHN_UNDEF:
-                    found.setdefault(at[st_name].decode(), st_value)
+            words = array.array("Q", table)
+            if sys.byteorder != "little":
+                words.byteswap()
+            heads, values, sizes = words[0::3], words[1::3], words[2::3]
+            found += [(value, size, strings, head & 0xFFFFFFFF)
+                      for head, value, size in zip(heads, values, sizes)
+                      if value and head >> 48 != SHN_UNDEF and (head >> 32) & 15 in (STT_FUNC, STT_GNU_IFUNC)]
+        found.sort(key=_first)
         return found
 
     def _symbol_tables(self):

@@ -22,7 +22,7 @@ class _Functions:
 
     def __init__(self, elf, debug=None):
         self.loads = elf.loads()
-        functions = sorted((debug or elf).functions(), key=lambda f: f[0])
+        functions = (debug or elf).functions()
         self.starts = [f[0] for f in functions]
         self.functions = functions
 
