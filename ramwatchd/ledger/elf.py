@@ -94,6 +94,23 @@ class ElfFile:
         found.sort(key=_first)
         return found
 
+    def symbols(self, names):
+        """{name: value} of those of `names` that the file defines, from .dynsym
+        (what a stripped file keeps for the dynamic linker) and, for those it
+        lacks, .symtab (tens of thousands of symbols where it is not stripped)."""
+        wanted = [name.encode() for name in names]
+        found = {}
+        for table, strings in self._symbol_tables():
+            if len(found) == len(wanted):
+                break
+            # A linker may share one string's tail with another name ("Py_Version"
+            # inside "_Py_Version"), so every place the name ends is a candidate.
+            at = {offset: name for name in wanted for offset in _occurrences(strings, name + b"\0")}
+            for st_name, _, _, st_shndx, st_value, _ in _SYM.iter_unpack(table):
+                if st_name in at and st_shndx != SHN_UNDEF:
+                    found.setdefault(at[st_name].decode(), st_value)
+        return found
+
     def _symbol_tables(self):
         """(symbols, their string table) of each symbol table, .dynsym first."""
         sections = self._read(self.shoff, self.shnum * self.shentsize)
