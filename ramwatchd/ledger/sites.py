@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 INTERPRETER_SHIM = "<interpreter trampoline>"   # 3.12's marker frame where C calls into Python
+IMPORT_MACHINERY = "<frozen importlib"
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,15 @@ class Site:
         return self._hash
 
     def name(self):
-        """The innermost Python frame, as a person looks for it: 'dir/file.py:412 function'."""
+        """The innermost Python frame outside the import machinery, as a
+        person looks for it: 'dir/file.py:412 function' ('(import)' after
+        it where an import made the memory: a library it loaded)."""
         if not self.python:
             return "(no Python frame)"
-        return frame_name(self.python[0].site())
+        own = [f for f in self.python if not f.code.filename.startswith(IMPORT_MACHINERY)]
+        if not own:
+            return frame_name(self.python[0].site())
+        return frame_name(own[0].site()) + (" (import)" if own[0] is not self.python[0] else "")
 
     def frames(self):
         """[(filename, function, line)], innermost first."""
