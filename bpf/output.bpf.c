@@ -29,7 +29,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_write)
 		return 0;
 	e->fd = args->fd;
 	e->length = args->count;
-	u32 n = args->count < OUTPUT_BYTES ? args->count : OUTPUT_BYTES;
+	u64 n = args->count;
+	if (n > OUTPUT_BYTES)   /* a bound the verifier follows without CAP_SYSLOG's probe_read_user */
+		n = OUTPUT_BYTES;
 	bpf_probe_read_user(e->data, n, args->buf);
 	events.ringbuf_submit(e, 0);
 	return 0;

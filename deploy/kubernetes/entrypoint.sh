@@ -1,9 +1,9 @@
 #!/bin/sh
-# Run ramwatchd with the node's kernel headers, or the image's where it has none.
-kv=$(uname -r)
-if [ ! -e "/lib/modules/$kv/build/include" ]; then
-  BCC_KERNEL_SOURCE=$(ls -d /opt/headers/linux-headers-*-amd64 | tail -1)
-  export BCC_KERNEL_SOURCE
-  echo "ramwatchd: no headers for $kv on this node; using $BCC_KERNEL_SOURCE" >&2
+# Run ramwatchd with the node's kernel headers (its /lib/modules and /usr/src
+# are mounted), or with the image's where the node has none for its kernel.
+modules=/lib/modules/$(uname -r)
+if [ ! -e "$modules/build/include/linux/kconfig.h" ] && [ ! -e "$modules/source/include/linux/kconfig.h" ]; then
+  export BCC_KERNEL_SOURCE=/opt/headers
+  echo "ramwatchd: no kernel headers for $(uname -r) on this node; using the image's generic ones" >&2
 fi
-exec /opt/ramwatchd/.venv/bin/ramwatchd "$@"
+exec /usr/bin/ramwatchd "$@"
