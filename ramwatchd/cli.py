@@ -21,6 +21,7 @@ examples:
   ramwatchd run --max-rss 6GiB --max-class cuda_pinned=2GiB -o load.json -- python load.py
   ramwatchd report engine.json --png engine.png
   ramwatchd diff before.json after.json
+  ramwatchd top
   ramwatchd doctor
   ramwatchd daemon --config /etc/ramwatchd/config.yaml
 
@@ -235,9 +236,13 @@ def build_parser():
     diff.add_argument("--min-change", dest="smallest", type=_size(0), default=1 << 20, metavar="SIZE",
                       help="leave out changes smaller than SIZE (default 1.0 MiB)")
 
-    # Its options are the live view's own: it reads them when it starts.
-    sub.add_parser("top", add_help=False, help="a live, full-screen view of the node's host memory "
-                                               "(ramwatchd top --help)")
+    from .drivers.daemon import live
+    top = sub.add_parser("top", help="a live, full-screen view of the node's host memory, like htop (q quits)",
+                         description="Every process (or group) with its memory by class, PSS, CUDA pinned bytes "
+                                     "requested and mapped, /dev/shm and its weights' page cache; the node's "
+                                     "MemAvailable and headroom. Keys: < > sort, r reverse, g groups, q quit. "
+                                     "--once (or a pipe) prints one frame as text.")
+    live.add_arguments(top)
 
     daemon = sub.add_parser("daemon", help="watch every process on the node and serve Prometheus metrics",
                             description="Watch every process on the node, grouped as the config "
@@ -282,12 +287,10 @@ def _settle(parser, args):
 
 def main(argv=None):
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "top":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = parser.parse_args(argv)
     _settle(parser, args)
     try:
-        return _dispatch(parser, args, rest)
+        return _dispatch(parser, args)
     except CliError as err:
         print(f"ramwatchd: {err}", file=sys.stderr)
         return err.status
@@ -295,7 +298,7 @@ def main(argv=None):
         return 128 + signal.SIGINT
 
 
-def _dispatch(parser, args, rest):
+def _dispatch(parser, args):
     if args.command == "doctor":
         from .doctor import run_doctor
         return run_doctor()
@@ -304,7 +307,7 @@ def _dispatch(parser, args, rest):
     if args.command == "diff":
         return _diff(args)
     if args.command == "top":
-        return _live_view(rest)
+        return _live_view(args)
     if args.command == "daemon":
         return _daemon(args)
     if args.command == "run":
@@ -321,11 +324,13 @@ def _dispatch(parser, args, rest):
 
 # ---- top, report, diff -------------------------------------------------------------
 
-def _live_view(rest):
-    from .views import top as live_view
-    parser = Parser(prog="ramwatchd top", description="A live, full-screen view of the node's host memory.")
-    live_view.add_arguments(parser)
-    return live_view.run(parser.parse_args(rest))
+def _live_view(args):
+    from .doctor import capture_blockers
+    from .drivers.daemon import live
+    blockers = capture_blockers()
+    if blockers:
+        raise CliError(blockers[0] + " (run 'ramwatchd doctor' for every check)")
+    return live.run(args)
 
 
 def _load(path):

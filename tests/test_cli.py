@@ -124,7 +124,7 @@ def test_report_refuses_what_it_cannot_read_with_one_line(saved, tmp_path):
 def test_a_signal_ends_a_capture_as_ctrl_c_does(tmp_path, sig, output):
     ready, out = tmp_path / "ready", tmp_path / "capture.json"
     proc = start(["run", "-q", "-o", str(out) if output == "file" else "-", "--",
-                  *WORKLOAD, "anon:32M", f"ready:{ready}", "sleep:600"])
+                  *WORKLOAD, "anon:64M", f"ready:{ready}", "sleep:600"])
     wait_for_file(ready, proc)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
@@ -133,11 +133,11 @@ def test_a_signal_ends_a_capture_as_ctrl_c_does(tmp_path, sig, output):
         result, human = assert_private_and_whole(out), stdout
     else:       # stdout is the capture alone; the summary and the program's own lines go to stderr
         result, human = json.loads(stdout), stderr
-        assert "step anon:32M" in stderr
+        assert "step anon:64M" in stderr
     assert result["ended_because"] == {signal.SIGTERM: "terminated (SIGTERM)",
                                        signal.SIGHUP: "hung up (SIGHUP)"}[sig]
     assert "== ramwatchd summary" in human and "Traceback" not in stderr
-    assert_near(growth(process(result), "anon"), 32 * MiB, rel=0.1, what="anon")
+    assert_near(growth(process(result), "anon"), 64 * MiB, rel=0.1, what="anon")
 
 
 def test_a_second_ctrl_c_while_finishing_leaves_a_whole_capture(tmp_path):
