@@ -91,6 +91,7 @@ class Tracker:
         self.ignored = {}                   # pid -> (start, why): kernel threads, unreadable
         self.unattributed_faults = 0        # sampled in no known mapping
         self._moved = set()                 # processes with new RSS readings since spikes()
+        self._to_measure = set()            # processes whose counters were read in this batch
         self._renames = {}                  # pid -> Rename event held back (see _settle_renames)
         self._faults_collected = -1e9
         self._last_of = {}                  # pid -> the last process that had it
@@ -204,7 +205,7 @@ class Tracker:
                 handler = self._handlers.get(type(ev))
                 if handler is not None:
                     news += handler(ev)
-        return news + self._settle_renames()
+        return news + self._measure_read(self.clock.now()) + self._settle_renames()
 
     def _settle_renames(self):
         """exec renames the process too, just before its Exec event: a rename
@@ -398,7 +399,7 @@ class Tracker:
             if (p.moved_at is not None and p.moved_at > p.last_status and not self._young(p)
                     and now - p.last_status >= self.policy.rss_interval and p.regions.measured()):
                 news += self._read_rss(p, now)
-        return news
+        return news + self._measure_read(now)
 
     def _wants_rss(self, p, call_size):
         """Read p's counters now? At most every rss_interval, and not while its
@@ -552,7 +553,19 @@ class Tracker:
         self._moved.add(p)
         if self.exact_rss:
             self.kernel.seed_rss(p.pid, status.rss_members)
-        return self._measure_regions(p, now)
+        self._to_measure.add(p)
+        return []
+
+    def _measure_read(self, now):
+        """Measure the large ranges of the processes whose counters were just
+        read, once the whole batch of events is applied: a MAP_FIXED mapping
+        later in the batch is no longer counted in the range it was placed in."""
+        news = []
+        for p in self._to_measure:
+            if p.alive:
+                news += self._measure_regions(p, now)
+        self._to_measure.clear()
+        return news
 
     def read_names(self, p):
         """p's cmdline (and exe) as they are now: they change at exec and
