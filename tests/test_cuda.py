@@ -30,6 +30,8 @@ def test_allocated_and_registered_pinned_memory(capture, driver_dir, monkeypatch
     assert registered[0]["classes"] == ["shm_posix"] and registered[0]["symbol"] == "cuMemHostRegister_v2"
     shm = next(o for o in p["objects_latest"] if o["name"] == f"/dev/shm/{name}")
     assert shm["class"] == "shm_posix" and shm["pinned"] == 128 * MiB
+    # The range the driver mapped inside the call is pinned memory to its end, not shm_anon.
+    assert [m["class"] for m in result["mappings"] if m["size"] == 300 * MiB] == ["cuda_pinned"]
     texts = pinned_entries(result)
     assert any(t.startswith("cuMemHostAlloc 300.0 MiB at 0x") and "called from libffi" in t for t in texts)
     assert any(t.startswith("cuMemHostRegister_v2 128.0 MiB") for t in texts)

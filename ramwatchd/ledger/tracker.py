@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..kernel import cuda
-from ..kernel.events import (ANON, FILE, SHMEM, Brk, CudaCall, Exec, Exit, Fork, Mmap, MmCall, Mremap, Munmap,
-                             OomVictim, Rename, RssStep, Stack)
+from ..kernel.events import (ANON, FILE, SHMEM, Brk, CudaCall, CudaCallKind, Exec, Exit, Fork, Mmap, MmCall,
+                             Mremap, Munmap, OomVictim, Rename, RssStep, Stack)
 from . import procfs, python, regions, symbols
 from .causes import explain
-from .classes import ANON_HEAP, Classifier
+from .classes import ANON_HEAP, CUDA_PINNED, Classifier
 from .look import diff, take_look
 from .process import (ATTACHED, DISCOVERED, FORKED, CallsShed, Change, DriverProbed, Ended, Execed,
                       Looked, OomKill, PinnedCall, Process, RegionEnded, Renamed, SpikeSeen, Started,
@@ -424,6 +424,11 @@ class Tracker:
         t = self.clock.of_kernel(ev.ts_ns)
         caller = self._library_at(p, ev.caller)
         pinned = p.pinned.apply(ev, caller, t)
+        if ev.call == CudaCallKind.ALLOC and ev.result == 0:
+            # Mapped inside the call, before the driver said what it was for.
+            region = p.regions.at(ev.addr)
+            if region is not None:
+                region.cls = CUDA_PINNED
         self._moved_at(p, t)
         return news + [PinnedCall(p, ev, caller, pinned)]
 
