@@ -161,6 +161,13 @@ struct oom_victim_event {
 /* rss_stat's member values (its format file names them), not taken from the
  * headers, which may be another kernel's. */
 enum { RSS_FILE, RSS_ANON, RSS_SWAP, RSS_SHMEM, NR_RSS_MEMBERS };
+
+/* --exact-rss: members read from /proc for a process whose own rss_stat has
+ * not reported them yet; the kernel takes them at its next change. */
+struct rss_seed {
+	u64 rss[NR_RSS_MEMBERS];
+	u64 known;               /* bit per member that rss[] holds */
+};
 #define RSS_ALL_KNOWN 0xf
 
 /* A process's RSS moved. With EXACT_RSS, rss[] holds each member the kernel

@@ -45,6 +45,25 @@ static __always_inline void rss_moved(struct proc_state *st)
 	send_rss_step(st);
 }
 
+/* Written by user space only here, never into the state the probes update:
+ * a read-modify-write of that state from user space loses the changes the
+ * kernel made in between. */
+BPF_HASH(rss_seeds, u32, struct rss_seed, 4096);
+
+static __always_inline void take_seed(struct proc_state *st, u32 tgid)
+{
+	struct rss_seed *seed = rss_seeds.lookup(&tgid);
+	if (!seed)
+		return;
+	for (int m = 0; m < NR_RSS_MEMBERS; m++) {
+		if (!(st->known >> m & 1) && (seed->known >> m & 1)) {
+			st->rss[m] = seed->rss[m];
+			st->known |= 1 << m;
+		}
+	}
+	rss_seeds.delete(&tgid);
+}
+
 /* EXACT_RSS. A member is known once the process's own rss_stat reported it:
  * a forked child's counters start as a copy the kernel made while the parent
  * ran (curr == 0, not counted here), and exec builds the new mm's first pages
@@ -55,7 +74,8 @@ TRACEPOINT_PROBE(kmem, rss_stat)
 	/* curr == 0: another mm changed (fork, exec, teardown, reaping). */
 	if (!args->curr)
 		return 0;
-	struct proc_state *st = traced_state(current_tgid());
+	u32 tgid = current_tgid();
+	struct proc_state *st = traced_state(tgid);
 	if (!st)
 		return 0;
 	u32 member = args->member;
@@ -63,6 +83,8 @@ TRACEPOINT_PROBE(kmem, rss_stat)
 		return 0;
 	st->rss[member] = args->size;
 	st->known |= 1 << member;
+	if ((st->known & RESIDENT_MEMBERS) != RESIDENT_MEMBERS)
+		take_seed(st, tgid);
 	if (member == RSS_SWAP)
 		return 0;
 

@@ -210,6 +210,11 @@ class Probes:
             self._place(pid, state)
 
     def untrace(self, pid):
+        if self.options.exact_rss:
+            try:
+                del self.bpf["rss_seeds"][self.bpf["rss_seeds"].Key(pid)]
+            except KeyError:
+                pass
         key = self._slot_key(pid)
         slot = self._slots[key]
         if slot.tgid == pid:
@@ -218,16 +223,18 @@ class Probes:
         self._delete(pid)
 
     def seed_rss(self, pid, members):
-        """--exact-rss: give the kernel the members (file, anon, swap, shmem)
-        it has not seen change yet, read from /proc; it keeps them from here."""
-        state = self._state(pid)
-        if state is None:
-            return
+        """--exact-rss: offer the kernel the members (file, anon, swap, shmem)
+        read from /proc; at the process's next counter change it takes those
+        it has not seen change yet, and keeps them from there."""
+        seeds = self.bpf["rss_seeds"]
+        seed = seeds.Leaf()
         for m, value in enumerate(members):
-            if not state.known >> m & 1:
-                state.rss[m] = value
-                state.known |= 1 << m
-        self._place(pid, state)
+            seed.rss[m] = value
+        seed.known = (1 << len(members)) - 1
+        try:
+            seeds[seeds.Key(pid)] = seed
+        except Exception:   # bcc: the map is full; the kernel learns the members from their changes
+            pass
 
     def _slot_key(self, pid):
         return self._slots.Key(pid & (TRACED_SLOTS - 1))
