@@ -50,7 +50,7 @@ def saved(tmp_path_factory):
     """A capture made with its options before the subcommand, as people type them."""
     out = tmp_path_factory.mktemp("saved") / "capture.json"
     started = time.monotonic()
-    done = run_ramwatchd(["--json", str(out), "-d", "3", "-q", "run", "--", *WORKLOAD, "anon:32M", "sleep:600"],
+    done = run_ramwatchd(["--json", str(out), "-d", "3", "-q", "run", "--", *WORKLOAD, "anon:64M", "sleep:600"],
                          timeout=300)
     assert done.returncode == 0, done.stderr
     return out, done, time.monotonic() - started
@@ -61,7 +61,7 @@ def test_options_before_the_subcommand_are_honoured(saved):
     result = assert_private_and_whole(out)
     assert result["ended_because"] == "--duration 3 s reached"
     assert 3 <= result["duration_s"] < 10
-    assert_near(growth(process(result), "anon"), 32 * MiB, rel=0.1, what="anon")
+    assert_near(growth(process(result), "anon"), 64 * MiB, rel=0.1, what="anon")
     assert f"capture saved to {out}" in done.stdout
 
 
