@@ -62,23 +62,47 @@ static __always_inline void send(void *record, u32 size)
 
 /* malloc moves the break in small steps, thousands a second while a program
  * starts: brk is sent only once the break moved MIN_SYSCALL_BYTES since the
- * last one sent, as the other calls are sent only from that size. */
-static __always_inline bool brk_moved(u32 tgid, s64 brk)
+ * last one sent, as the other calls are sent only from that size. Returns
+ * how far it moved since then, 0 if not that far. */
+static __always_inline u64 brk_moved(u32 tgid, s64 brk)
 {
 	struct proc_state *st = find_state(tgid);
 	if (!st)
-		return false;
+		return 0;
 	s64 moved = brk - (s64)st->brk_sent;
-	if (st->brk_sent && moved < MIN_SYSCALL_BYTES && moved > -(s64)MIN_SYSCALL_BYTES)
-		return false;
+	if (moved < 0)
+		moved = -moved;
+	if (st->brk_sent && moved < MIN_SYSCALL_BYTES)
+		return 0;
 	st->brk_sent = brk;
-	return true;
+	return moved ? moved : 1;
 }
 
-/* The calls whose stack says who made memory: not those that only free it. */
-static __always_inline bool makes_memory(u32 kind)
+/* The calls whose stack says who made memory (not those that only free it),
+ * and their size: what they may have made. */
+static __always_inline u64 bytes_made(union mm_call *call, u64 brk_moved)
 {
-	return kind == EV_MMAP || kind == EV_MREMAP || kind == EV_BRK || kind == EV_SHMAT;
+	switch (call->head.kind) {
+	case EV_MMAP:
+		return call->mmap.length;
+	case EV_MREMAP:
+		return call->mremap.new_length;
+	case EV_BRK:
+		return brk_moved;
+	case EV_SHMAT:
+		return STACK_SAMPLE_BYTES;     /* its size is the segment's: not known here */
+	}
+	return 0;
+}
+
+/* Reading a stack costs user space far more than the call: a program that
+ * starts makes thousands of 1 MiB calls (malloc's arenas, the heap). As heap
+ * profilers do, calls under STACK_SAMPLE_BYTES get theirs with the chance
+ * bytes / STACK_SAMPLE_BYTES: one stack for each STACK_SAMPLE_BYTES they
+ * make, on average, each standing for that many bytes. */
+static __always_inline bool stack_sampled(u64 bytes)
+{
+	return bytes >= STACK_SAMPLE_BYTES || bpf_get_prandom_u32() % STACK_SAMPLE_BYTES < bytes;
 }
 
 /* Complete the thread's kept call with its result and send it, timed at
@@ -89,11 +113,13 @@ static __always_inline void call_exit(void *ctx, s64 ret)
 	union mm_call *call = inflight.lookup(&tid);
 	if (!call)
 		return;
-	if (call->head.kind == EV_BRK && !brk_moved(call->head.tgid, ret)) {
+	u64 moved = call->head.kind == EV_BRK ? brk_moved(call->head.tgid, ret) : 0;
+	if (call->head.kind == EV_BRK && !moved) {
 		inflight.delete(&tid);
 		return;
 	}
-	if (STACKS && makes_memory(call->head.kind))
+	u64 bytes = bytes_made(call, moved);
+	if (STACKS && bytes && stack_sampled(bytes))
 		send_stack(ctx, 0);     /* just before the call: user space pairs them by thread */
 	call->head.ts_ns = bpf_ktime_get_ns();
 	switch (call->head.kind) {

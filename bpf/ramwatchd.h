@@ -210,6 +210,7 @@ struct py_layout {
 };
 
 #define PY_FRAMES 32
+#define NATIVE_FRAMES 16                /* return addresses kept, innermost first */
 #define PY_FRAME_WORDS 8
 #define PY_FRAME_BYTES (8 * PY_FRAME_WORDS)
 #define PY_THREADS 256
@@ -226,10 +227,11 @@ enum stack_status { STACK_OK, STACK_NO_PYTHON, STACK_NO_THREAD, STACK_UNREADABLE
 struct stack_event {
 	struct event_head head;
 	u64 fault_addr;
-	s32 native_stack;               /* an id in native_stacks, or < 0 */
+	u32 native_depth;               /* return addresses in native[] */
 	u32 depth;                      /* Python frames in frames[] */
 	u32 status;                     /* enum stack_status */
 	u32 pad;
+	u64 native[NATIVE_FRAMES];
 	struct py_frame frames[PY_FRAMES];
 };
 

@@ -10,7 +10,6 @@
  * space reads the file, function and line from the code object. */
 
 BPF_HASH(py_layouts, u32, struct py_layout, 4096);
-BPF_STACK_TRACE(native_stacks, 16384);
 /* tid -> its PyThreadState, found once: a server has hundreds of threads. */
 BPF_TABLE("lru_hash", u32, u64, py_threads, 16384);
 
@@ -86,7 +85,9 @@ static __always_inline void send_stack(void *ctx, u64 fault_addr)
 	if (!e)
 		return;
 	e->fault_addr = fault_addr;
-	e->native_stack = native_stacks.get_stackid(ctx, BPF_F_USER_STACK | BPF_F_REUSE_STACKID);
+	/* In the record itself: a stack map would cost user space a lookup per stack. */
+	long copied = bpf_get_stack(ctx, e->native, sizeof(e->native), BPF_F_USER_STACK);
+	e->native_depth = copied > 0 ? copied / sizeof(u64) : 0;
 	struct py_layout *l = py_layouts.lookup(&e->head.tgid);
 	e->status = l ? walk_python(l, e->head.tid, e) : STACK_NO_PYTHON;
 	events.ringbuf_submit(e, 0);

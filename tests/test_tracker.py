@@ -941,3 +941,25 @@ def test_a_held_rename_is_not_given_to_the_pids_next_owner(make_world):
     w.at(1.2)
     news = w.tracker.on_events([])
     assert not of(news, Renamed) and new.comm == "python3" and new.renames == []
+
+
+
+def test_a_range_merged_at_the_start_of_a_mapping_keeps_its_own_addresses():
+    """mmap places a new range just below the last one and the kernel merges
+    the two into one mapping: the range's part and the rest must each keep
+    their own addresses, or an address in the range finds the rest, and what
+    the range holds is counted again as the rest's growth."""
+    from ramwatchd.kernel.events import Mmap
+    from ramwatchd.ledger import look, regions
+    from ramwatchd.ledger.procfs import Vma
+    start, size, rest = 0x7f0000000000, 64 << 20, 2 << 20
+    call = Mmap(0, 1, 1, "python", ret=start, addr=0, length=size, prot=3, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                fd=-1)
+    ranges = regions.Regions()
+    ranges.add(regions.made_by(call, 0.0))
+    merged = Vma(start, start + size + rest, "rw-p", 0, (0, 0), 0, "", rss=size + (1 << 20))
+    proc = SimpleNamespace(resident=lambda lo, hi: min(hi, start + size) - lo if lo < start + size else 0)
+    parts = look._parts(proc, merged, "anon", ranges, {})
+    spans = sorted((part.start, part.end, name, part.rss) for part, name in parts)
+    assert spans == [(start, start + size, "[anon mmap 64.0 MiB @ 0.00s]", size),
+                     (start + size, start + size + rest, "[anonymous]", 1 << 20)], spans

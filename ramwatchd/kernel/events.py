@@ -39,6 +39,12 @@ def map_names(flags):
     return "|".join(name for bit, name in _MAP if flags & bit) or hex(flags)
 
 
+# An mm call under this size comes with its stack with the chance size /
+# STACK_SAMPLE_BYTES (bpf/mm_calls.bpf.c): a stack that came stands for that
+# many bytes of such calls.
+STACK_SAMPLE_BYTES = 4 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class MmCall(Event):
     """An mm syscall, sent at its exit with its result; with --stacks, the
@@ -264,7 +270,7 @@ class Stack(Event):
     """The stacks of thread `tid`: behind the mm call it sends next
     (fault_addr 0), or behind a sampled page fault at fault_addr."""
     fault_addr: int
-    native_stack: int    # an id into the kernel's stack map, < 0 if none
+    native: tuple        # return addresses, innermost first (NATIVE_FRAMES at most)
     status: StackStatus
     frames: tuple        # ((code object, instruction address), ...), innermost first
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cuda, records
+from .events import STACK_SAMPLE_BYTES
+from .ringbuf import RingReader
 
 TRACEFS = Path("/sys/kernel/tracing")
 TRACED_SLOTS = 16384
@@ -108,6 +110,7 @@ class ProbeOptions:
                 f"-DMAX_WRITES_PER_S={self.max_writes_per_s}",
                 f"-DFAULT_SAMPLE_PERIOD={self.fault_sample_period}",
                 f"-DSTACKS={int(self.stacks)}",
+                f"-DSTACK_SAMPLE_BYTES={STACK_SAMPLE_BYTES}UL",
                 f"-DFAULT_STACK_PERIOD={self.fault_stack_period}",
                 f"-DFAULT_REGION_SHIFT={self.fault_region_shift}",
                 f"-DPAGE_BYTES={resource.getpagesize()}",
@@ -164,7 +167,10 @@ class Probes:
                              "(run 'ramwatchd doctor' to see which prerequisite is missing)") from None
         self._decode_errors = 0
         self._records = []
-        self.bpf["events"].open_ring_buffer(self._on_record)
+        events = self.bpf["events"]
+        self._ring = RingReader(events.map_fd, events.max_entries) if RingReader.usable() else None
+        if self._ring is None:
+            events.open_ring_buffer(self._on_record)
         self._traced = self.bpf["traced"]
         self._slots = self.bpf["slots"]
         self._cuda_files = set()   # (dev, inode) of driver libraries already probed
@@ -183,14 +189,17 @@ class Probes:
                 fn_name=b"on_fault_sample", sample_period=self.options.fault_sample_period)
 
     def _on_record(self, _ctx, data, size):
-        # bcc calls this once a record, through ctypes: copy it and return.
+        # Where the ring is not read in place, bcc calls this once a record, through ctypes.
         self._records.append(ctypes.string_at(data, size))
 
     def poll(self, timeout_ms):
         """Wait up to timeout_ms for kernel events; return those that arrived."""
-        self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()   # records sent without a wakeup
-        raw, self._records = self._records, []
+        if self._ring is not None:
+            raw = self._ring.read(timeout_ms)
+        else:
+            self.bpf.ring_buffer_poll(timeout_ms)
+            self.bpf.ring_buffer_consume()   # records sent without a wakeup
+            raw, self._records = self._records, []
         out = []
         for record in raw:
             try:
@@ -282,15 +291,6 @@ class Probes:
         for name, value in layout.items():
             setattr(leaf, name, value)
         table[key] = leaf
-
-    def native_frames(self, stack_id):
-        """The return addresses of a native stack the kernel kept, innermost first."""
-        if stack_id < 0:
-            return []
-        try:
-            return list(self.bpf["native_stacks"].walk(stack_id))
-        except KeyError:
-            return []
 
     # ---- what the kernel aggregated ------------------------------------------
 
@@ -394,6 +394,8 @@ class Probes:
             thread.start()
         for thread in detaching:
             thread.join()
+        if self._ring is not None:
+            self._ring.close()
         try:
             b.cleanup()
         except Exception as err:

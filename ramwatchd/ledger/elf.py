@@ -4,7 +4,8 @@ where its loadable segments lie, the values of named symbols from .dynsym and
 and the symbol tables only, never the whole file (a libpython with debug
 information is tens of MiB)."""
 import array
-import operator
+import bisect
+import itertools
 import os
 import struct
 import sys
@@ -18,7 +19,6 @@ PT_LOAD, PT_NOTE = 1, 4
 NT_GNU_BUILD_ID = 3
 SHT_SYMTAB, SHT_DYNSYM = 2, 11
 SHN_UNDEF = 0
-_first = operator.itemgetter(0)
 STT_FUNC, STT_GNU_IFUNC = 2, 10
 
 
@@ -77,22 +77,12 @@ class ElfFile:
         return None
 
     def functions(self):
-        """(values, sizes, string tables, name offsets) of every function
-        defined, sorted by value, names left in their tables: a libtorch has
-        hundreds of thousands, and few are ever asked for. Read as arrays of
-        64-bit words (an entry is three: name, info and section; value;
-        size), which is several times faster than unpacking each entry."""
-        found = []
-        for table, strings in self._symbol_tables():
-            words = array.array("Q", table)
-            if sys.byteorder != "little":
-                words.byteswap()
-            heads, values, sizes = words[0::3], words[1::3], words[2::3]
-            found += [(value, size, strings, head & 0xFFFFFFFF)
-                      for head, value, size in zip(heads, values, sizes)
-                      if value and head >> 48 != SHN_UNDEF and (head >> 32) & 15 in (STT_FUNC, STT_GNU_IFUNC)]
-        found.sort(key=_first)
-        return found
+        """The Functions the file defines, from each of its symbol tables.
+        Their names stay in the file, read when asked for (a libtorch's string
+        table is 72 MiB): the Functions hold a descriptor of their own."""
+        fd = os.dup(self.fd)
+        return Functions(fd, [_FunctionTable(self._read(offset, size), _Names(fd, strings_at, strings_size))
+                              for offset, size, strings_at, strings_size in self._symbol_sections()])
 
     def symbols(self, names):
         """{name: value} of those of `names` that the file defines, from .dynsym
@@ -113,6 +103,11 @@ class ElfFile:
 
     def _symbol_tables(self):
         """(symbols, their string table) of each symbol table, .dynsym first."""
+        for offset, size, strings_at, strings_size in self._symbol_sections():
+            yield self._read(offset, size), self._read(strings_at, strings_size)
+
+    def _symbol_sections(self):
+        """(offset, size, string table offset, its size) of each symbol table, .dynsym first."""
         sections = self._read(self.shoff, self.shnum * self.shentsize)
         headers = [_SHDR.unpack_from(sections, i * self.shentsize) for i in range(self.shnum)]
         tables = [h for h in headers if h[1] in (SHT_DYNSYM, SHT_SYMTAB)]
@@ -120,15 +115,87 @@ class ElfFile:
             offset, size, link = header[4], header[5], header[6]
             if link >= len(headers):
                 raise ElfError("symbol table linked to no string table")
-            strings = headers[link]
-            yield (self._read(offset, size - size % _SYM.size),
-                   self._read(strings[4], strings[5]))
+            yield offset, size - size % _SYM.size, headers[link][4], headers[link][5]
 
     def _read(self, offset, size):
         data = os.pread(self.fd, size, offset)
         if len(data) != size:
             raise ElfError("truncated")
         return data
+
+
+class Functions:
+    """A file's functions by address: which one holds a virtual address."""
+
+    def __init__(self, fd, tables):
+        self.fd = fd
+        self.tables = tables
+
+    def close(self):
+        os.close(self.fd)
+
+    def at(self, vaddr):
+        """The raw name of the function holding vaddr, or None. A file with
+        both tables defines most functions in each: the closer start wins."""
+        found = [hit for hit in (t.at(vaddr) for t in self.tables) if hit is not None]
+        return max(found)[1] if found else None
+
+
+class _FunctionTable:
+    """One symbol table's functions, sorted by value, names left in the string
+    table: a libtorch has hundreds of thousands, and few are ever asked for.
+    Sorted without a Python loop over the entries (bytes and array slices pick
+    the fields, translate tells functions apart): half a second for libtorch
+    with a loop, a fraction with these."""
+
+    def __init__(self, table, names):
+        words = array.array("Q", table)
+        halves = array.array("I", table)
+        if sys.byteorder != "little":
+            words.byteswap()
+            halves.byteswap()
+        count = len(words) // 3
+        self.values, self.sizes, self.name_at = words[1::3], words[2::3], halves[0::6]
+        self.names = names
+        # st_info's low nibble is the type; st_shndx (2 bytes) is 0 where undefined.
+        function = int.from_bytes(table[4::_SYM.size].translate(_IS_FUNCTION), "little")
+        defined = int.from_bytes(table[6::_SYM.size].translate(_NONZERO), "little") | \
+            int.from_bytes(table[7::_SYM.size].translate(_NONZERO), "little")
+        wanted = (function & defined).to_bytes(count, "little")
+        self.order = list(itertools.compress(range(count), wanted))
+        self.order.sort(key=self.values.__getitem__)
+        self.starts = array.array("Q", map(self.values.__getitem__, self.order))
+
+    def at(self, vaddr):
+        """(start, raw name) of the function holding vaddr, or None."""
+        i = bisect.bisect_right(self.starts, vaddr) - 1
+        if i < 0 or not self.starts[i]:
+            return None
+        entry = self.order[i]
+        if self.sizes[entry] and vaddr >= self.starts[i] + self.sizes[entry]:
+            return None
+        return self.starts[i], self.names.at(self.name_at[entry])
+
+
+class _Names:
+    """A string table read where a name is asked for."""
+
+    def __init__(self, fd, offset, size):
+        self.fd, self.offset, self.size = fd, offset, size
+
+    def at(self, start):
+        name = b""
+        while start + len(name) < self.size:
+            chunk = os.pread(self.fd, 256, self.offset + start + len(name))
+            end = chunk.find(b"\0")
+            if end >= 0 or not chunk:
+                return name + chunk[:max(end, 0)]
+            name += chunk
+        return name
+
+
+_IS_FUNCTION = bytes(int(info & 15 in (STT_FUNC, STT_GNU_IFUNC)) for info in range(256))
+_NONZERO = bytes([0] + [1] * 255)
 
 
 def _occurrences(data, needle):

@@ -1,6 +1,7 @@
 """A look at one process: its smaps, classified and summed by class and by
 mapped object, reconciled with VmRSS read just before and just after."""
 import bisect
+import mmap
 import time
 from dataclasses import dataclass, field
 
@@ -158,19 +159,34 @@ def _parts(proc, vma, cls, regions, seen):
     seen sums each range's resident bytes over the mappings it spans."""
     if cls != ANON or regions is None:
         return [(vma, vma.path or "[anonymous]")]
-    parts, rest = [], vma
-    for region in regions.anonymous_in(vma.start, vma.end):
+    parts, rest_rss, gaps, at = [], vma.rss, [], vma.start
+    for region in sorted(regions.anonymous_in(vma.start, vma.end), key=lambda r: r.start):
         region.seen_by_look = True
         start, end = max(vma.start, region.start), min(vma.end, region.end)
         whole = start == vma.start and end == vma.end
-        resident = vma.rss if whole else min(rest.rss, proc.resident(start, end) or 0)
+        resident = vma.rss if whole else min(rest_rss, proc.resident(start, end) or 0)
         seen[region] = seen.get(region, 0) + resident
-        part = _share(vma, start, end, resident)
-        parts.append((part, region.name))
-        rest = _share(vma, vma.start, vma.start + rest.size - part.size, rest.rss - resident)
-    if rest.size > 0 and (rest.rss or not parts):
-        parts.append((rest, vma.path or "[anonymous]"))
+        parts.append((_share(vma, start, end, resident), region.name))
+        rest_rss -= resident
+        gaps += [(at, start)] if start > at else []
+        at = max(at, end)
+    gaps += [(at, vma.end)] if vma.end > at else []
+    if gaps and (rest_rss or not parts):
+        parts += [(part, vma.path or "[anonymous]") for part in _spread(vma, gaps, rest_rss)]
     return parts
+
+
+def _spread(vma, gaps, resident):
+    """The parts of vma at gaps [(start, end)] (what its ranges leave), sharing
+    `resident` bytes by size: each part keeps its own addresses, so that an
+    address in a range is never found in the rest."""
+    size = sum(end - start for start, end in gaps)
+    out, left = [], resident
+    for i, (start, end) in enumerate(gaps):
+        share = left if i == len(gaps) - 1 else resident * (end - start) // size // mmap.PAGESIZE * mmap.PAGESIZE
+        out.append(_share(vma, start, end, share))
+        left -= share
+    return out
 
 
 def _measure_ranges(proc, vmas, ranges, seen):

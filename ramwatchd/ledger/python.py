@@ -47,6 +47,8 @@ _NEEDED = ("_PyRuntime", "PyCode_Type")
 _VERSION = "Py_Version"         # PY_VERSION_HEX as an unsigned long, exported since 3.11
 _MAX_NAME = 4096                # longer str objects are garbage, not names
 _MAX_LINETABLE = 1 << 20
+_FRAMES_KEPT = 1 << 16         # (code, instruction) pairs whose Frame is kept
+_ONE_READ = 512                 # bytes read at a str or bytes object: its header and, mostly, its data
 
 
 class Unsupported(Exception):
@@ -174,6 +176,7 @@ class Interpreter:
     offsets: Offsets
     path: str                       # the file holding _PyRuntime, as the process names it
     codes: dict = field(default_factory=dict, repr=False, compare=False)   # address -> _Code
+    frames: dict = field(default_factory=dict, repr=False, compare=False)  # (code, instruction) -> Frame
 
     def kernel_layout(self):
         """The kernel's struct py_layout for this interpreter (bpf/ramwatchd.h)."""
@@ -239,18 +242,43 @@ def read_frame(handle, interp, code_addr, instr_addr):
     """The Frame of the instruction at instr_addr in the code object at
     code_addr, or None where that code object is gone (its memory unmapped,
     freed, or holding something else now)."""
-    if not code_addr or not instr_addr:
-        return None
-    index = (instr_addr - code_addr - interp.offsets.code_adaptive) // 2   # _Py_CODEUNIT: 2 bytes
-    code = interp.codes.get(code_addr)
-    # An instruction outside a cached code object: the address holds another one now.
-    if code is None or not code.holds(index):
-        with _Memory(handle) as mem:
-            code = _read_code(mem, interp, code_addr)
-        if code is None or not code.holds(index):
-            return None
-        interp.codes[code_addr] = code
-    return Frame(code, index)
+    return read_frames(handle, interp, [(code_addr, instr_addr)])[0]
+
+
+def read_frames(handle, interp, frames):
+    """read_frame of each (code, instruction) of a stack: the process's
+    memory is opened once, and only for code objects not read before."""
+    out, mem = [], None
+    try:
+        for code_addr, instr_addr in frames:
+            # A loop's stacks repeat: a frame seen before costs a lookup, while its code is current.
+            frame = interp.frames.get((code_addr, instr_addr))
+            if frame is not None and interp.codes.get(code_addr) is frame.code:
+                out.append(frame)
+                continue
+            if not code_addr or not instr_addr:
+                out.append(None)
+                continue
+            index = (instr_addr - code_addr - interp.offsets.code_adaptive) // 2   # _Py_CODEUNIT: 2 bytes
+            code = interp.codes.get(code_addr)
+            # An instruction outside a cached code object: the address holds another one now.
+            if code is None or not code.holds(index):
+                mem = mem or _Memory(handle)
+                code = _read_code(mem, interp, code_addr)
+                if code is not None and code.holds(index):
+                    interp.codes[code_addr] = code
+                else:
+                    code = None
+            frame = code and Frame(code, index)
+            if frame is not None:
+                if len(interp.frames) >= _FRAMES_KEPT:
+                    interp.frames.clear()
+                interp.frames[code_addr, instr_addr] = frame
+            out.append(frame)
+    finally:
+        if mem is not None:
+            mem.close()
+    return out
 
 
 class Frame:
@@ -544,7 +572,10 @@ _ENCODINGS = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}     # PyUnicode_{1,2
 def _read_str(mem, off, address):
     """A compact str, as every name and file name of a code object is: its
     characters follow its header. None for anything else."""
-    head = mem.read(address, off.unicode_state + 4) if address else None
+    if not address:
+        return None
+    # Most names fit in one read with their header; near the end of a mapping, the header alone.
+    head = mem.read(address, _ONE_READ) or mem.read(address, off.unicode_state + 4)
     if head is None:
         return None
     length, = struct.unpack_from("<q", head, off.unicode_length)
@@ -553,15 +584,20 @@ def _read_str(mem, off, address):
     if not state & _COMPACT or kind not in _ENCODINGS or not 0 <= length <= _MAX_NAME:
         return None
     start = off.unicode_ascii_data if state & _ASCII else off.unicode_compact_data
-    data = mem.read(address + start, length * kind)
+    end = start + length * kind
+    data = head[start:end] if end <= len(head) else mem.read(address + start, length * kind)
     return None if data is None else data.decode(_ENCODINGS[kind], errors="replace")
 
 
 def _read_bytes(mem, off, address):
-    size = mem.u64(address + off.var_size) if address else None
+    if not address:
+        return None
+    head = mem.read(address, _ONE_READ) or mem.read(address, off.bytes_data)
+    size = None if head is None else _u64(head, off.var_size)
     if size is None or size > _MAX_LINETABLE:
         return None
-    return mem.read(address + off.bytes_data, size)
+    end = off.bytes_data + size
+    return head[off.bytes_data:end] if end <= len(head) else mem.read(address + off.bytes_data, size)
 
 
 def _u64(raw, offset):
@@ -608,6 +644,9 @@ class _Memory:
         return self
 
     def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
         os.close(self.fd)
 
 

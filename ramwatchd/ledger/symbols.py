@@ -2,7 +2,6 @@
 [library]'. A file's function table is read once and shared by every process
 that maps it (a server's processes share one libtorch), where a per-process
 symbolizer reads every library again for each pid."""
-import bisect
 import ctypes
 import ctypes.util
 import os
@@ -22,21 +21,17 @@ class _Functions:
 
     def __init__(self, elf, debug=None):
         self.loads = elf.loads()
-        functions = (debug or elf).functions()
-        self.starts = [f[0] for f in functions]
-        self.functions = functions
+        self.functions = (debug or elf).functions()
+
+    def close(self):
+        self.functions.close()
 
     def at(self, offset):
         """The name of the function holding the byte at this file offset, or None."""
         vaddr = next((offset - start + vaddr for start, vaddr, size in self.loads
                       if start <= offset < start + size), None)
-        i = bisect.bisect_right(self.starts, vaddr) - 1 if vaddr is not None else -1
-        if i < 0:
-            return None
-        value, size, strings, name_at = self.functions[i]
-        if size and vaddr >= value + size:
-            return None
-        return _demangle(strings[name_at:strings.index(b"\0", name_at)])
+        raw = self.functions.at(vaddr) if vaddr is not None else None
+        return _demangle(raw) if raw is not None else None
 
 
 def name(handle, file_maps, addr):
@@ -64,7 +59,7 @@ def _functions_of(handle, path):
         key = (st.st_dev, st.st_ino, st.st_mtime_ns)
         if key not in _files:
             if len(_files) >= _FILES_KEPT:
-                _files.clear()
+                forget_files()
             try:
                 elf = ElfFile(fd)
                 _files[key] = _with_debug_file(handle, elf)
@@ -73,6 +68,14 @@ def _functions_of(handle, path):
         return _files[key]
     finally:
         os.close(fd)
+
+
+def forget_files():
+    """Close the function tables read so far (each holds its file open)."""
+    for functions in _files.values():
+        if functions is not None:
+            functions.close()
+    _files.clear()
 
 
 def _with_debug_file(handle, elf):

@@ -17,8 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..kernel import cuda
-from ..kernel.events import (ANON, FILE, SHMEM, Brk, CudaCall, CudaCallKind, Exec, Exit, Fork, Mmap, MmCall,
-                             Mremap, Munmap, OomVictim, Rename, RssStep, Stack)
+from ..kernel.events import (ANON, FILE, SHMEM, STACK_SAMPLE_BYTES, Brk, CudaCall, CudaCallKind, Exec, Exit, Fork,
+                             Mmap, MmCall, Mremap, Munmap, OomVictim, Rename, RssStep, Stack)
 from . import procfs, python, regions, symbols
 from .causes import explain
 from .classes import ANON_HEAP, CUDA_PINNED, Classifier
@@ -34,7 +34,6 @@ MAX_CALLS_KEPT = 4096       # per process between two looks; the largest are kep
 RENAME_HOLD_NS = 50_000_000
 PYTHON_TRIES = 3            # times a process's interpreter is looked for, PYTHON_RETRY_S apart
 PYTHON_RETRY_S = 0.1
-NATIVE_FRAMES_KEPT = 16
 STACKS_KNOWN = 4096         # per process, the stacks whose Site is kept for their next time
 TOP_SITES_NAMED = 8         # a process's largest sites get their native frames named as it runs
 VANISHED_GRACE_S = 1.0      # a process found gone is ended then if no exit event came
@@ -447,22 +446,19 @@ class Tracker:
         """The Site of a kernel Stack: its Python frames read from their code
         objects (3.12's trampoline frames dropped), its native return
         addresses. A loop sends the same stack again and again: it is read once."""
-        native = tuple(self.kernel.native_frames(ev.native_stack)[:NATIVE_FRAMES_KEPT])
-        key = (ev.frames, native)
+        key = (ev.frames, ev.native)
         site = p.sites.known.get(key)
         if site is None:
             if len(p.sites.known) >= STACKS_KNOWN:
                 p.sites.known.clear()
-            site = p.sites.known[key] = Site(self._python_frames(p, ev.frames), native)
+            site = p.sites.known[key] = Site(self._python_frames(p, ev.frames), ev.native)
         return site
 
     def _python_frames(self, p, frames):
         out = []
         if p.python is not None and p.vanished_at is None:
             try:
-                handle = self._handle(p)
-                for code, instr in frames:
-                    frame = python.read_frame(handle, p.python, code, instr)
+                for frame in python.read_frames(self._handle(p), p.python, frames):
                     if frame is not None and frame.function != INTERPRETER_SHIM:
                         out.append(frame)
             except procfs.ProcessError:
@@ -921,7 +917,8 @@ def _evidence(p, snap):
     """What says which code grew each of snap's objects since the last look,
     worked out in one pass: the sites of the faults sampled in it (outside
     ranges measured on their own), else the sites of the calls on its
-    addresses, by size; brk's for the heap. Each {(class, name): Counter(Site
+    addresses (their ranges not measured on their own), by size; brk's for
+    the heap. Each {(class, name): Counter(Site
     -> weight)}, but brk's one Counter."""
     faults, calls, brks = {}, {}, Counter()
     for addr, site in p.sites.faults:
@@ -932,10 +929,11 @@ def _evidence(p, snap):
         if call.stack is None:
             continue
         if isinstance(call, Brk):
-            brks[call.stack] += call.size or 1
-        elif call.span:
+            brks[call.stack] += 1      # each a move of the break by MIN_SYSCALL_BYTES or so
+        elif call.span and not _measured_at(p, call.span[0]):   # what a measured range holds is its own
+            weight = max(call.size, STACK_SAMPLE_BYTES)   # a smaller call's stack was sampled
             for obj in snap.objects_in(*call.span):
-                calls.setdefault((obj.cls, obj.name), Counter())[call.stack] += call.size or 1
+                calls.setdefault((obj.cls, obj.name), Counter())[call.stack] += weight
     return faults, calls, brks
 
 

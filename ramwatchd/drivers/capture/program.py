@@ -1,8 +1,8 @@
 """The program `ramwatchd run` starts: behind a gate, so tracing begins before
 its first instruction. Its output is read line by line to be shown on the
 timeline, or, when the timeline is not shown, left to go where ours goes."""
+import collections
 import os
-import queue
 import shutil
 import signal
 import subprocess
@@ -39,7 +39,7 @@ class Program:
         finally:
             os.close(gate_r)
         self.pid = self.proc.pid
-        self.lines = queue.Queue()
+        self.lines = collections.deque()   # filled by the reader thread (append and popleft are atomic)
         self._reader = None
 
     def output_targets(self):
@@ -65,21 +65,16 @@ class Program:
 
         def read():
             for raw in self.proc.stdout:
-                self.lines.put((clock.now(), raw.decode(errors="replace").rstrip("\n")))
-            self.lines.put(None)
+                self.lines.append((clock.now(), raw.decode(errors="replace").rstrip("\n")))
         self._reader = threading.Thread(target=read, name="output", daemon=True)
         self._reader.start()
 
     def take_lines(self):
         """[(read time, line)] read so far."""
         out = []
-        while True:
-            try:
-                item = self.lines.get_nowait()
-            except queue.Empty:
-                return out
-            if item is not None:
-                out.append(item)
+        while self.lines:
+            out.append(self.lines.popleft())
+        return out
 
     def stop_group(self, sig):
         """Signal every process still in the program's session: it was started

@@ -29,7 +29,7 @@ from .timeline import Timeline
 
 POLL_MS = 50
 MIN_STEP_S = 0.02      # events that come faster are taken in batches, this often
-LOOK_SHARE = 0.02      # of one core: the CPU looks at smaps may take in all
+LOOK_SHARE = 0.01      # of one core: the CPU looks at smaps may take in all
 LOOK_BURST_S = 0.1     # and at once: a look at a server with a thousand mappings
 HOUSEKEEPING_S = 0.5
 CAPTURE_NICE = -5
@@ -242,6 +242,8 @@ class Capture:
         smaps is most of what a capture costs."""
         self._look_budget = min(LOOK_BURST_S, self._look_budget + (now - self._budget_at) * LOOK_SHARE)
         self._budget_at = now
+        if self._look_budget <= 0:
+            return       # asking who is due costs a read of kernel maps: not while no look may run
         due = self.tracker.due(now)
         if due:
             self.tracker.collect_faults(now)
