@@ -923,24 +923,25 @@ def _evidence(p, snap):
     faults, calls, brks = {}, {}, Counter()
     for addr, site in p.sites.faults:
         obj = snap.object_at(addr)
-        if obj is not None and not _measured_at(p, addr):
+        if obj is not None and not _measured_at(p, snap, addr):
             faults.setdefault((obj.cls, obj.name), Counter())[site] += 1
     for call in p.calls:
         if call.stack is None:
             continue
         if isinstance(call, Brk):
             brks[call.stack] += 1      # each a move of the break by MIN_SYSCALL_BYTES or so
-        elif call.span and not _measured_at(p, call.span[0]):   # what a measured range holds is its own
+        elif call.span and not _measured_at(p, snap, call.span[0]):   # what a measured range holds is its own
             weight = max(call.size, STACK_SAMPLE_BYTES)   # a smaller call's stack was sampled
             for obj in snap.objects_in(*call.span):
                 calls.setdefault((obj.cls, obj.name), Counter())[call.stack] += weight
     return faults, calls, brks
 
 
-def _measured_at(p, addr):
-    """addr lies in a range whose resident bytes its own site holds."""
+def _measured_at(p, snap, addr):
+    """addr lies in a range whose resident bytes its own site holds (or will,
+    from this look on)."""
     region = p.regions.at(addr)
-    return region is not None and region in p.sites.ranges
+    return region is not None and (region in p.sites.ranges or region in snap.sited)
 
 
 def _why(err):
