@@ -101,8 +101,10 @@ def test_threads_are_the_process_not_children(capture):
 
 
 def test_releases_by_madv_dontneed_and_munmap(capture):
-    result, _ = capture(["sleep:0.3", "anon:256M", "sleep:0.3", "dontneed", "sleep:0.3",
-                         "anon:128M", "sleep:0.3", "unmap", "sleep:0.3"])
+    # Each state is held for 1 s: longer than a look's interval on a loaded
+    # machine (20 x its cost), so a look sees each whole before it goes.
+    result, _ = capture(["sleep:0.3", "anon:256M", "sleep:1", "dontneed", "sleep:1",
+                         "anon:128M", "sleep:1", "unmap", "sleep:0.3"])
     released = [e for e in result["timeline"] if e["kind"] == "release" and e["cls"] == "anon"]
     assert_near(-sum(e["delta"] for e in released), 384 * MiB, what="released anon")
     why = " ".join(e["cause"] for e in released)

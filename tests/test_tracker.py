@@ -18,8 +18,9 @@ from types import SimpleNamespace
 
 import pytest
 
+import ramwatchd.ledger.look as look_mod
 import ramwatchd.ledger.tracker as tracker_mod
-from ramwatchd.kernel.events import CudaCall, CudaCallKind, Exec, Exit, Fork, Mmap, Rename, RssStep
+from ramwatchd.kernel.events import CudaCall, CudaCallKind, Exec, Exit, Fork, Madvise, Mmap, Rename, RssStep
 from ramwatchd.ledger import procfs
 from ramwatchd.ledger.process import (DriverProbed, Ended, Execed, Looked, PinnedCall, Renamed, SpikeSeen,
                                       Started)
@@ -49,8 +50,10 @@ class World:
         # RENAME_HOLD_NS is measured with time.monotonic_ns() against the
         # events' timestamps: put that on the fake clock too, so the hold
         # passes when the test says and not when the machine is slow.
-        monkeypatch.setattr(tracker_mod, "time", SimpleNamespace(
-            monotonic=time.monotonic, monotonic_ns=self.clock.monotonic_ns, sleep=time.sleep))
+        fake_time = SimpleNamespace(monotonic=time.monotonic, monotonic_ns=self.clock.monotonic_ns,
+                                    sleep=time.sleep)
+        monkeypatch.setattr(tracker_mod, "time", fake_time)
+        monkeypatch.setattr(look_mod, "time", fake_time)   # when smaps was read: on the kernel's clock
         # signal() through pidfds: record instead of signalling anything real.
         pidfds = {}
 
@@ -99,6 +102,10 @@ class World:
         """A weights file mapped whole: a large range, named and measured."""
         return self.ev(Mmap, pid, t, ret=WEIGHTS.start, addr=0, length=WEIGHTS.size, prot=mmap.PROT_READ,
                        flags=mmap.MAP_SHARED, fd=7)
+
+    def dontneed(self, size, pid=PID, t=None):
+        """madvise(MADV_DONTNEED) of size bytes of the anonymous region."""
+        return self.ev(Madvise, pid, t, ret=0, addr=0x7f0000000000, length=size, advice=mmap.MADV_DONTNEED)
 
     def cuda_alloc(self, pid=PID, addr=PINNED_AT, size=64 * MiB, t=None):
         return self.ev(CudaCall, pid, t, call=CudaCallKind.ALLOC, symbol="cuMemHostAlloc", addr=addr,
@@ -963,3 +970,58 @@ def test_a_range_merged_at_the_start_of_a_mapping_keeps_its_own_addresses():
     spans = sorted((part.start, part.end, name, part.rss) for part, name in parts)
     assert spans == [(start, start + size, "[anon mmap 64.0 MiB @ 0.00s]", size),
                      (start + size, start + size + rest, "[anonymous]", 1 << 20)], spans
+
+
+# ---- a look and the calls that ran through it ---------------------------------
+
+def _releases(news):
+    return [ch for n in news if type(n) is Looked for ch in n.changes if ch.delta < 0]
+
+
+def test_a_release_ended_during_the_read_but_sent_after_it_is_its_cause(make_world):
+    """madvise ended just before smaps was read; its record was still in the
+    ring buffer when the look began. Taken between read and settle, it names
+    the release."""
+    w = make_world()
+    p = w.attached()
+    w.fake.set_anon(0)
+    w.at(1.0)
+    snap, news = w.tracker.read(p, 1.0)
+    w.tracker.on_events([w.dontneed(100 * MiB, t=0.999)])
+    (release,) = _releases(w.tracker.settle(p, snap, min_change=0))
+    assert release.delta == -100 * MiB and "madvise DONTNEED 100.0 MiB" in release.cause
+
+
+def test_a_look_a_releasing_call_ran_through_is_taken_again(make_world):
+    """madvise ran while smaps was read: the look saw part of its release. It
+    is thrown away and taken again, whole and with its cause; a call still
+    running (busy) throws it away too; after MAX_TORN_LOOKS in a row one is
+    taken as it is."""
+    w = make_world()
+    p = w.attached()
+    w.fake.set_anon(40 * MiB)       # half-way through the release, as the read saw it
+    snap, _ = w.tracker.read(p, w.at(1.0))
+    w.tracker.on_events([w.dontneed(100 * MiB, t=1.0)])
+    assert w.tracker.settle(p, snap, min_change=0) == []
+    w.fake.set_anon(0)
+    news = w.tracker.look(p, w.at(1.5), min_change=0)
+    (release,) = _releases(news)
+    assert release.delta == -100 * MiB and "madvise DONTNEED 100.0 MiB" in release.cause
+
+    w.kernel.allocating.add(PID)    # a call still running
+    for i in range(tracker_mod.MAX_TORN_LOOKS):
+        assert w.tracker.look(p, w.at(2.0 + i), min_change=0) == []
+    assert [type(n) for n in w.tracker.look(p, w.at(9.0), min_change=0)] == [Looked]
+
+
+def test_a_call_sent_after_the_read_is_kept_for_the_next_look(make_world):
+    """A call that ended after smaps was read belongs to the next look."""
+    w = make_world()
+    p = w.attached()
+    snap, _ = w.tracker.read(p, w.at(1.0))
+    w.at(1.1)
+    w.tracker.on_events([w.dontneed(100 * MiB, t=1.1)])
+    w.fake.set_anon(0)
+    assert _releases(w.tracker.settle(p, snap, min_change=0, retry_torn=False)) == []
+    (release,) = _releases(w.tracker.look(p, w.at(1.5), min_change=0))
+    assert "madvise DONTNEED 100.0 MiB" in release.cause

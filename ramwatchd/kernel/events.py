@@ -66,6 +66,11 @@ class MmCall(Event):
         """Bytes the call acted on: what orders causes by weight."""
         return 0
 
+    @property
+    def releases(self):
+        """Whether it gives memory back (a look during it sees it half done)."""
+        return False
+
     def describe(self):
         return self.what() + (f" failed ({self.ret})" if self.failed else "")
 
@@ -111,6 +116,10 @@ class Munmap(MmCall):
     def size(self):
         return self.length
 
+    @property
+    def releases(self):
+        return True
+
     def what(self):
         return f"munmap {fmt_bytes(self.length)}"
 
@@ -129,6 +138,10 @@ class Mremap(MmCall):
     @property
     def size(self):
         return max(self.old_length, self.new_length)
+
+    @property
+    def releases(self):
+        return True
 
     def what(self):
         return f"mremap {fmt_bytes(self.old_length)} -> {fmt_bytes(self.new_length)}"
@@ -155,6 +168,10 @@ class Madvise(MmCall):
     @property
     def size(self):
         return self.length
+
+    @property
+    def releases(self):
+        return True
 
     def what(self):
         return f"madvise {MADVICE.get(self.advice, self.advice)} {fmt_bytes(self.length)}"

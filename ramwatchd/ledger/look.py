@@ -52,6 +52,7 @@ class Snapshot:
     objects: dict = field(default_factory=dict)   # (class, name) -> ObjectUsage
     pinned: list = field(default_factory=list)    # PinnedTable.measure() at this look
     read_seconds: float = 0.0
+    read_ns: tuple = (0, 0)       # when it was read, on the kernel's clock (CLOCK_MONOTONIC)
     sited: dict = field(default_factory=dict)     # Region -> resident bytes, for ranges whose call's stack is known
     _spans: list = field(default=None, repr=False)
 
@@ -120,7 +121,7 @@ def take_look(proc, t, classifier, pinned, regions=None, sited=()):
 
 
 def _look_once(proc, t, classifier, pinned, regions, sited):
-    started = time.monotonic()
+    started = time.monotonic_ns()
     layout = proc.stat().layout
     before = proc.status()
     vmas = proc.smaps()
@@ -146,9 +147,11 @@ def _look_once(proc, t, classifier, pinned, regions, sited):
             objects[key].add(part, registered)
     for region, resident in seen.items():
         region.measured(t, resident)
+    sited_resident = _measure_ranges(proc, vmas, sited, seen)
+    read_ns = (started, time.monotonic_ns())
     return Snapshot(t, after.vm_rss, before.vm_rss, after, stat, classes, pss, objects,
-                    pinned.measure(vmas, vma_classes), time.monotonic() - started,
-                    _measure_ranges(proc, vmas, sited, seen))
+                    pinned.measure(vmas, vma_classes), (read_ns[1] - started) / 1e9, read_ns,
+                    sited_resident)
 
 
 def _parts(proc, vma, cls, regions, seen):

@@ -49,6 +49,7 @@ class Process:
     last_read: float = -1e9
     last_status: float = -1e9
     settle_at: float = None
+    torn_looks: int = 0        # looks in a row a releasing call ran through
     # why it changed
     calls: list = field(default_factory=list)        # mm calls since the last look
     shed: list = field(default_factory=lambda: [0, 0])   # calls, bytes counted in the kernel

@@ -31,6 +31,7 @@ from .sites import INTERPRETER_SHIM, Site, SiteBook
 
 BIG_CALL_BYTES = 64 << 20   # a call this large reads the counters whatever the rate
 MAX_CALLS_KEPT = 4096       # per process between two looks; the largest are kept
+MAX_TORN_LOOKS = 3          # looks in a row a releasing call cut in two, before one is taken as it is
 RENAME_HOLD_NS = 50_000_000
 PYTHON_TRIES = 3            # times a process's interpreter is looked for, PYTHON_RETRY_S apart
 PYTHON_RETRY_S = 0.1
@@ -691,32 +692,65 @@ class Tracker:
         return p.settle_at is not None and now >= p.settle_at
 
     def look(self, p, now, min_change=None):
-        """Look at p's smaps now. The news holds Looked, with the objects that
-        moved by min_change or more since its last look (none when min_change
-        is None: the daemon wants figures, not a timeline), or Ended."""
+        """Look at p's smaps now (read, then settle). The news holds Looked,
+        with the objects that moved by min_change or more since its last look
+        (none when min_change is None: the daemon wants figures, not a
+        timeline), or Ended."""
+        snap, news = self.read(p, now)
+        return news if snap is None else news + self.settle(p, snap, min_change)
+
+    def read(self, p, now):
+        """The first half of a look: (p's smaps now, news). The snapshot is
+        None where none could be had: p ended (the news says so, unless it
+        had already), or an exec cut every try in two (it stays due)."""
+        if not p.alive:
+            return None, []        # ended by events taken during another's look
         try:
             snap = take_look(self._handle(p), now, self.classifier, p.pinned, p.regions,
                              p.regions.sited() if self.stacks else ())
         except procfs.ProcessError as err:
-            return self._ended_by(p, now, err)
+            return None, self._ended_by(p, now, err)
         p.last_read = now
-        if snap is None:
-            return []               # an exec cut every try in two: it stays due
+        return snap, []
+
+    def settle(self, p, snap, min_change=None, retry_torn=True):
+        """The second half of a look read by read(): what moved since the last
+        one, explained by the calls that ended before it. A driver that wants
+        causes takes the kernel's events in between: a call that ended while
+        smaps was being read is still in the ring buffer."""
+        if not p.alive or p.image_started > snap.t:
+            return []              # it ended or exec'd meanwhile: the look is of nothing now
+        if retry_torn and self._torn(p, snap):
+            p.torn_looks += 1
+            return []              # it stays due, and is looked at again after its interval
+        p.torn_looks = 0
+        calls = [c for c in p.calls if c.ts_ns <= snap.read_ns[1]]
         prev = p.latest
         first_of_image = prev is None or prev.stat.layout != snap.stat.layout
-        self._record_look(p, snap, now)
+        self._record_look(p, snap, snap.t)
         object_faults = self._attribute_faults(p, snap)
         moved = [] if first_of_image else diff(prev, snap, 1)
-        changes = [] if min_change is None else self._changes(p, moved, min_change, object_faults)
+        changes = [] if min_change is None else self._changes(p, calls, moved, min_change, object_faults)
         if self.stacks:
-            self._settle_sites(p, moved, snap)
-        p.calls.clear()
+            self._settle_sites(p, calls, moved, snap)
+        p.calls = [c for c in p.calls if c.ts_ns > snap.read_ns[1]]   # the next look's
         if prev is not None and prev is not p.baseline and prev is not p.largest:
             prev.forget_detail()    # only baseline, largest and latest keep mapping detail
         news = [Looked(p, snap, changes)]
         if not p.driver_checked:
             news += self._probe_drivers(p, {o.name for o in snap.objects.values() if cuda.is_driver(o.name)})
         return news
+
+    def _torn(self, p, snap):
+        """Whether a call that releases memory (munmap, mremap, madvise) ran
+        while smaps was read: the look caught it half done, and would show its
+        release without its cause, the rest at the next look. A process that
+        never stops releasing is taken as it is after MAX_TORN_LOOKS tries."""
+        if p.torn_looks >= MAX_TORN_LOOKS:
+            return False
+        if any(c.releases and c.ts_ns >= snap.read_ns[0] for c in p.calls):
+            return True
+        return p.pid in self.kernel.busy()
 
     def _record_look(self, p, snap, now):
         if not p.names_read:
@@ -747,21 +781,21 @@ class Tracker:
             if p.largest is None or snap.total >= p.largest.total:
                 p.largest = snap
 
-    def _changes(self, p, moved, min_change, object_faults):
+    def _changes(self, p, calls_before, moved, min_change, object_faults):
         out = []
         for ch in (ch for ch in moved if abs(ch.delta) >= min_change):
-            calls = p.calls
+            calls = calls_before
             made = p.regions.making(ch.name) if ch.delta > 0 else None
             if made is not None:
                 # The range it grew in may have been made looks ago; calls on
                 # its addresses before that were on something else.
-                calls = [made.call] + [c for c in calls if c is not made.call and c.ts_ns >= made.call.ts_ns]
+                calls = [made.call] + [c for c in calls_before if c is not made.call and c.ts_ns >= made.call.ts_ns]
             cause, caused_at = explain(ch, calls, object_faults.get((ch.cls, ch.name), 0))
             out.append(Change(ch.cls, ch.name, ch.delta, ch.rss_after, cause,
                               None if caused_at is None else self.clock.of_kernel(caused_at)))
         return out
 
-    def _settle_sites(self, p, moved, snap):
+    def _settle_sites(self, p, calls, moved, snap):
         """Give what p's memory gained since the last look to the code that
         made it, and take what it lost from its sites (sites.py says how)."""
         measured = []
@@ -771,12 +805,12 @@ class Tracker:
                 measured.append((region, (obj.cls, obj.name), resident))
 
 
-        faults, calls, brks = _evidence(p, snap)
+        faults, by_calls, brks = _evidence(p, calls, snap)
 
         def evidence(key):
             if faults.get(key):
                 return faults[key]
-            return calls.get(key, Counter()) + (brks if key[0] == ANON_HEAP else Counter())
+            return by_calls.get(key, Counter()) + (brks if key[0] == ANON_HEAP else Counter())
         p.sites.settle(measured, [((ch.cls, ch.name), ch.delta) for ch in moved], evidence)
 
     # ---- page faults, spikes, discovery --------------------------------------
@@ -913,19 +947,19 @@ class Tracker:
                 p.handle = None
 
 
-def _evidence(p, snap):
+def _evidence(p, calls, snap):
     """What says which code grew each of snap's objects since the last look,
     worked out in one pass: the sites of the faults sampled in it (outside
     ranges measured on their own), else the sites of the calls on its
     addresses (their ranges not measured on their own), by size; brk's for
     the heap. Each {(class, name): Counter(Site
     -> weight)}, but brk's one Counter."""
-    faults, calls, brks = {}, {}, Counter()
+    faults, by_calls, brks = {}, {}, Counter()
     for addr, site in p.sites.faults:
         obj = snap.object_at(addr)
         if obj is not None and not _measured_at(p, snap, addr):
             faults.setdefault((obj.cls, obj.name), Counter())[site] += 1
-    for call in p.calls:
+    for call in calls:
         if call.stack is None:
             continue
         if isinstance(call, Brk):
@@ -933,8 +967,8 @@ def _evidence(p, snap):
         elif call.span and not _measured_at(p, snap, call.span[0]):   # what a measured range holds is its own
             weight = max(call.size, STACK_SAMPLE_BYTES)   # a smaller call's stack was sampled
             for obj in snap.objects_in(*call.span):
-                calls.setdefault((obj.cls, obj.name), Counter())[call.stack] += weight
-    return faults, calls, brks
+                by_calls.setdefault((obj.cls, obj.name), Counter())[call.stack] += weight
+    return faults, by_calls, brks
 
 
 def _measured_at(p, snap, addr):

@@ -223,9 +223,7 @@ class Capture:
 
     def _step(self):
         started = time.monotonic()
-        events = self.probes.poll(POLL_MS)
-        self._apply(self.tracker.on_events(events))
-        self._take_phases(events)
+        self._take_events(POLL_MS)
         now = self.now()
         self._apply(self.tracker.catch_up(now))
         if self.options.probe.stacks:
@@ -251,8 +249,22 @@ class Capture:
             if self._look_budget <= 0:
                 return
             spent = time.thread_time()
-            self._apply(self.tracker.look(p, now, self.options.min_change))
+            self._look(p, now)
             self._look_budget -= time.thread_time() - spent
+
+    def _look(self, p, now, last=False):
+        snap, news = self.tracker.read(p, now)
+        self._apply(news)
+        if snap is not None:
+            # A call that ended while smaps was read is still in the ring
+            # buffer: taken now, it explains what the look saw.
+            self._take_events(0)
+            self._apply(self.tracker.settle(p, snap, self.options.min_change, retry_torn=not last))
+
+    def _take_events(self, timeout_ms):
+        events = self.probes.poll(timeout_ms)
+        self._apply(self.tracker.on_events(events))
+        self._take_phases(events)
 
     def _check_end(self, now):
         if self.options.duration is not None and now >= self.options.duration:
@@ -265,14 +277,12 @@ class Capture:
     def _finish(self):
         """Last looks, then stop the program of `run` and what it started: they
         do not outlive the capture."""
-        events = self.probes.poll(0)
-        self._apply(self.tracker.on_events(events))
-        self._take_phases(events)
+        self._take_events(0)
         now = self.now()
         self.tracker.collect_faults(float("inf"))
         for p in list(self.tracker.alive.values()):
             p.dirty = True
-            self._apply(self.tracker.look(p, now, self.options.min_change))
+            self._look(p, now, last=True)
         self._housekeeping(now, final=True)
         if self.program is not None:
             # Processes that left the program's session are ended one by one.
