@@ -720,8 +720,8 @@ class Tracker:
         smaps was being read is still in the ring buffer."""
         if not p.alive or p.image_started > snap.t:
             return []              # it ended or exec'd meanwhile: the look is of nothing now
-        if retry_torn and self._torn(p, snap):
-            p.torn_looks += 1
+        if min_change is not None and retry_torn and self._torn(p, snap):
+            p.torn_looks += 1      # (a look for figures only, the daemon's, has no causes to lose)
             return []              # it stays due, and is looked at again after its interval
         p.torn_looks = 0
         calls = [c for c in p.calls if c.ts_ns <= snap.read_ns[1]]
