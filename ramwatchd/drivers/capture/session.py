@@ -27,7 +27,7 @@ from .phases import PhaseLines, Phases
 from .program import Program, TargetError
 from .timeline import Timeline
 
-POLL_MS = 50
+POLL_MS = 100         # a quiet step: each wait costs ~0.1 ms of CPU to wake from, on a VM
 MIN_STEP_S = 0.02      # events that come faster are taken in batches, this often
 LOOK_SHARE = 0.01      # of one core: the CPU looks at smaps may take in all
 LOOK_BURST_S = 0.1     # and at once: a look at a server with a thousand mappings
