@@ -1,5 +1,9 @@
 """Shared helpers: every capture test runs the real ramwatchd on the real kernel
-against a real workload process (ramwatchd.workloads) whose allocations are known."""
+against a real workload process (ramwatchd.workloads) whose allocations are known.
+
+A workload holds each state a test checks through looks for 1 s (`sleep:1`):
+a look's interval is 20 x its cost, and on a loaded machine that passes 0.3 s.
+The program's exit ends the capture, so its last state must be held too."""
 import json
 import subprocess
 import sys

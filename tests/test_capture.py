@@ -14,7 +14,7 @@ def causes(result, cls):
 
 
 def test_private_anonymous_mmap(capture):
-    result, _ = capture(["sleep:0.3", "anon:256M", "sleep:0.3"])
+    result, _ = capture(["sleep:0.3", "anon:256M", "sleep:1"])
     p = process(result)
     assert_near(growth(p, "anon"), 256 * MiB, what="anon")
     assert "mmap 256.0 MiB RW- PRIVATE|ANON" in causes(result, "anon")
@@ -23,7 +23,7 @@ def test_private_anonymous_mmap(capture):
 
 
 def test_malloc_grows_the_heap_through_brk(capture):
-    result, _ = capture(["sleep:0.3", "malloc:128M", "sleep:0.3"])
+    result, _ = capture(["sleep:0.3", "malloc:128M", "sleep:1"])
     p = process(result)
     assert_near(growth(p, "anon_heap"), 128 * MiB, what="anon_heap")
     assert "brk" in causes(result, "anon_heap")
@@ -31,7 +31,7 @@ def test_malloc_grows_the_heap_through_brk(capture):
 
 
 def test_shared_anonymous_is_shm_anon_not_pinned(capture):
-    result, _ = capture(["sleep:0.2", "shared:128M", "sleep:0.3"])
+    result, _ = capture(["sleep:0.2", "shared:128M", "sleep:1"])
     p = process(result)
     assert_near(growth(p, "shm_anon"), 128 * MiB, what="shm_anon")
     assert growth(p, "cuda_pinned") == 0
@@ -41,7 +41,7 @@ def test_shared_anonymous_is_shm_anon_not_pinned(capture):
 
 def test_lazily_mapped_weights_half_touched(capture, tmp_path):
     weights = tmp_path / "model.safetensors"
-    result, _ = capture(["sleep:0.3", f"weights:{weights}:256M:0.5", "sleep:0.3"])
+    result, _ = capture(["sleep:0.3", f"weights:{weights}:256M:0.5", "sleep:1"])
     p = process(result)
     assert_near(growth(p, "file_weights"), 128 * MiB, what="file_weights")
     f = next(f for f in result["files"] if f["path"] == str(weights))
@@ -128,7 +128,7 @@ def test_a_512_mib_spike_of_50_ms_is_seen(capture, mode):
 
 
 def test_phases_from_output_lines_and_marks(capture):
-    result, _ = capture(["mark:loading weights", "anon:64M", "sleep:0.3"])
+    result, _ = capture(["mark:loading weights", "anon:64M", "sleep:1"])
     phases = [(p["source"], p["name"]) for p in result["phases"]]
     assert ("mark", "loading weights") in phases
     assert ("output", "step anon:64M") in phases

@@ -13,7 +13,7 @@ def test_allocated_and_registered_pinned_memory(capture, driver_dir, monkeypatch
     name = f"ramwatchd-pinned-{os.getpid()}"
     try:
         result, _ = capture(["pin:libcuda.so.1:300M", "sleep:0.3", f"register:libcuda.so.1:{name}:128M",
-                             "sleep:0.3", "shared:64M", "sleep:0.3"])
+                             "sleep:0.3", "shared:64M", "sleep:1"])
     finally:
         os.unlink(f"/dev/shm/{name}")
     p = process(result)
@@ -40,7 +40,7 @@ def test_allocated_and_registered_pinned_memory(capture, driver_dir, monkeypatch
 
 def test_freed_pinned_memory_leaves_the_class(capture, driver_dir, monkeypatch):
     monkeypatch.setenv("LD_LIBRARY_PATH", str(driver_dir))
-    result, _ = capture(["pin:libcuda.so.1:128M", "sleep:0.3", "unpin:libcuda.so.1", "sleep:0.3"])
+    result, _ = capture(["pin:libcuda.so.1:128M", "sleep:0.3", "unpin:libcuda.so.1", "sleep:1"])
     p = process(result)
     assert p["pinned_latest"] == [] and p["latest"]["classes"]["cuda_pinned"] == 0
     assert [r["requested"] for r in p["pinned_largest"]] == [128 * MiB]
@@ -53,7 +53,7 @@ def test_a_driver_loaded_from_elsewhere_after_the_start_is_found(capture, driver
     """Not on LD_LIBRARY_PATH nor in the linker cache, as in a container: the
     load is seen, the library found in /proc/PID/maps and probed then."""
     lib = driver_dir / "libcuda.so.1"
-    result, _ = capture(["sleep:0.3", f"load:{lib}", "sleep:0.5", f"pin:{lib}:64M", "sleep:0.3"])
+    result, _ = capture(["sleep:0.3", f"load:{lib}", "sleep:0.5", f"pin:{lib}:64M", "sleep:1"])
     p = process(result)
     assert [r["requested"] for r in p["pinned_latest"]] == [64 * MiB]
     assert_near(growth(p, "cuda_pinned"), 64 * MiB, what="cuda_pinned")

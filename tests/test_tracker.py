@@ -1014,6 +1014,21 @@ def test_a_look_a_releasing_call_ran_through_is_taken_again(make_world):
     assert [type(n) for n in w.tracker.look(p, w.at(9.0), min_change=0)] == [Looked]
 
 
+def test_a_look_a_cuda_allocation_ended_in_is_taken_again(make_world):
+    """The driver maps a pinned buffer inside cuMemHostAlloc: a look that read
+    smaps before the call returned saw plain shared memory. It is thrown away,
+    and the next one sees the buffer as cuda_pinned."""
+    w = make_world()
+    p = w.attached()
+    w.fake.map(Mapping(PINNED_AT, 64 * MiB, "/dev/zero (deleted)", "rw-s", 64 * MiB, 77))
+    snap, _ = w.tracker.read(p, w.at(1.0))
+    assert snap.classes["shm_anon"] == 64 * MiB
+    w.tracker.on_events([w.cuda_alloc(t=1.0)])
+    assert w.tracker.settle(p, snap, min_change=0) == []
+    (looked,) = w.tracker.look(p, w.at(1.5), min_change=0)
+    assert looked.snapshot.classes["cuda_pinned"] == 64 * MiB and looked.snapshot.classes["shm_anon"] == 0
+
+
 def test_a_call_sent_after_the_read_is_kept_for_the_next_look(make_world):
     """A call that ended after smaps was read belongs to the next look."""
     w = make_world()

@@ -49,7 +49,8 @@ class Process:
     last_read: float = -1e9
     last_status: float = -1e9
     settle_at: float = None
-    torn_looks: int = 0        # looks in a row a releasing call ran through
+    torn_looks: int = 0        # looks in a row a call ran through that a look catches half done
+    half_done_ns: int = 0      # when the last such call ended (a release, a CUDA allocation)
     # why it changed
     calls: list = field(default_factory=list)        # mm calls since the last look
     shed: list = field(default_factory=lambda: [0, 0])   # calls, bytes counted in the kernel

@@ -328,6 +328,8 @@ class Tracker:
         if site is not None:
             ev = dataclasses.replace(ev, stack=site)
         p.calls.append(ev)
+        if ev.releases:
+            p.half_done_ns = max(p.half_done_ns, ev.ts_ns)
         if len(p.calls) > MAX_CALLS_KEPT:
             p.calls = sorted(p.calls, key=lambda c: -c.size)[:MAX_CALLS_KEPT // 2]
             p.calls.sort(key=lambda c: c.ts_ns)
@@ -424,6 +426,8 @@ class Tracker:
         t = self.clock.of_kernel(ev.ts_ns)
         caller = self._library_at(p, ev.caller)
         pinned = p.pinned.apply(ev, caller, t)
+        if ev.call == CudaCallKind.ALLOC:
+            p.half_done_ns = max(p.half_done_ns, ev.ts_ns)
         if ev.call == CudaCallKind.ALLOC and ev.result == 0:
             # Mapped inside the call, before the driver said what it was for.
             region = p.regions.at(ev.addr)
@@ -742,15 +746,14 @@ class Tracker:
         return news
 
     def _torn(self, p, snap):
-        """Whether a call that releases memory (munmap, mremap, madvise) ran
-        while smaps was read: the look caught it half done, and would show its
-        release without its cause, the rest at the next look. A process that
-        never stops releasing is taken as it is after MAX_TORN_LOOKS tries."""
+        """Whether a call that a look catches half done ran while smaps was
+        read: a release (munmap, mremap, madvise) would show without its
+        cause, the rest at the next look; a CUDA allocation's new mapping
+        would look like plain shared memory. A process that never stops
+        making such calls is taken as it is after MAX_TORN_LOOKS tries."""
         if p.torn_looks >= MAX_TORN_LOOKS:
             return False
-        if any(c.releases and c.ts_ns >= snap.read_ns[0] for c in p.calls):
-            return True
-        return p.pid in self.kernel.busy()
+        return p.half_done_ns >= snap.read_ns[0] or p.pid in self.kernel.busy()
 
     def _record_look(self, p, snap, now):
         if not p.names_read:
