@@ -174,7 +174,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_capture(tmp_path
 def test_a_process_over_budget_fails_with_its_breakdown(tmp_path):
     out = tmp_path / "capture.json"
     done = run_ramwatchd(["run", "-q", "--max-rss", "100MiB", "--max-class", "anon=48MiB", "-o", str(out),
-                          "--", *WORKLOAD, "anon:128M", "sleep:0.2"], timeout=300)
+                          "--", *WORKLOAD, "anon:128M", "sleep:1"], timeout=300)
     assert done.returncode == 3, done.stderr
     result = assert_private_and_whole(out)
     root = process(result)
@@ -190,7 +190,7 @@ def test_a_process_over_budget_fails_with_its_breakdown(tmp_path):
 def test_a_process_within_budget_passes(tmp_path):
     out = tmp_path / "growth.folded"
     done = run_ramwatchd(["run", "-q", "--max-rss", "1GiB", "--max-class", "anon=256MiB", "-o", str(out),
-                          "--format", "folded", "--", *WORKLOAD, "anon:64M", "sleep:0.2"], timeout=300)
+                          "--format", "folded", "--", *WORKLOAD, "anon:64M", "sleep:1"], timeout=300)
     assert done.returncode == 0, done.stderr
     assert "within budget: the highest peak was" in done.stdout
     stacks = [line.rsplit(" ", 1) for line in out.read_text().splitlines()]

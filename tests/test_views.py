@@ -6,7 +6,7 @@ from conftest import WORKLOAD, run_ramwatchd
 
 def test_report_renders_what_the_capture_printed(tmp_path):
     saved, png = tmp_path / "c.json", tmp_path / "c.png"
-    live = run_ramwatchd(["run", "--quiet", "--json", str(saved), "--", *WORKLOAD, "anon:64M", "sleep:0.3"])
+    live = run_ramwatchd(["run", "--quiet", "--json", str(saved), "--", *WORKLOAD, "anon:64M", "sleep:1"])
     assert live.returncode == 0, live.stderr
     again = run_ramwatchd(["report", str(saved), "--png", str(png)])
     assert again.returncode == 0, again.stderr
